@@ -1,0 +1,95 @@
+"""Routing statistics: what did the experts actually do?
+
+Explained in the book: *Chapter 0, the MoE primer* ("expert specialisation measured as mutual
+information"). Every chapter uses them to report per-expert load and whether routing follows a known
+label (MedMoE: the router's choice vs the modality; SegMoTE: the selected expert token vs the dataset).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from medmoe.moe.losses import entropy
+from medmoe.utils import check_rank
+
+__all__ = ["expert_load", "gate_entropy", "contingency", "mutual_information", "normalized_mutual_information"]
+
+
+def expert_load(indices: torch.Tensor, num_experts: int, *, normalize: bool = True) -> torch.Tensor:
+    """Per-expert load: how many routed inputs chose each expert (first choice).
+
+    Args:
+        indices: ``(...,)`` or ``(..., k)`` chosen experts (``GateOutput.indices``); with ``k > 1`` every
+            choice counts.
+        num_experts: N.
+        normalize: return fractions summing to 1 instead of counts.
+
+    Example:
+        >>> expert_load(torch.tensor([0, 0, 2, 0]), 3).tolist()
+        [0.75, 0.0, 0.25]
+    """
+    flat = indices.reshape(-1).long()
+    if flat.numel() == 0:
+        raise ValueError("indices is empty: no routing decisions to count")
+    if int(flat.min()) < 0 or int(flat.max()) >= num_experts:
+        raise ValueError(f"indices must lie in [0, {num_experts}), got [{int(flat.min())}, {int(flat.max())}]")
+    counts = torch.bincount(flat, minlength=num_experts).double()
+    return counts / counts.sum() if normalize else counts
+
+
+def gate_entropy(probs: torch.Tensor, *, normalize: bool = False) -> torch.Tensor:
+    """Mean per-input entropy of the gate distribution ``(..., N)`` in nats.
+
+    0 for a gate that always picks one expert with certainty, ``log N`` for a uniform gate;
+    ``normalize=True`` divides by ``log N`` (so 1 = uniform).
+    """
+    check_rank(probs, tuple(range(1, 6)), "probs")
+    h = entropy(probs.reshape(-1, probs.shape[-1]).double()).mean()
+    n = probs.shape[-1]
+    return h / math.log(n) if normalize and n > 1 else h
+
+
+def contingency(a: torch.Tensor, b: torch.Tensor, *, num_a: int | None = None, num_b: int | None = None) -> torch.Tensor:
+    """Count table ``C[i, j] = #{x : a(x) = i, b(x) = j}`` for two integer labelings of the same inputs."""
+    a, b = a.reshape(-1).long(), b.reshape(-1).long()
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must label the same inputs, got {a.numel()} and {b.numel()} values")
+    if a.numel() == 0:
+        raise ValueError("a and b are empty")
+    if int(a.min()) < 0 or int(b.min()) < 0:
+        raise ValueError("labels must be non-negative integers")
+    na = num_a or int(a.max()) + 1
+    nb = num_b or int(b.max()) + 1
+    return torch.bincount(a * nb + b, minlength=na * nb).reshape(na, nb).double()
+
+
+def mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Plug-in mutual information ``I(A; B)`` in nats between two discrete labelings.
+
+    ``I = sum_ij p_ij log(p_ij / (p_i. p_.j))`` from the empirical joint distribution. Use it between the
+    routing decision and a known label (modality, source dataset): 0 means routing ignores the label,
+    ``H(label)`` means the label can be read off the routing. The plug-in estimate is biased upwards on
+    small samples; compare against a random-routing baseline of the same size.
+
+    Example:
+        >>> float(mutual_information(torch.tensor([0, 0, 1, 1]), torch.tensor([1, 1, 0, 0])))  # log 2
+        0.6931...
+    """
+    joint = contingency(a, b)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1, keepdim=True), p.sum(0, keepdim=True)
+    nz = p > 0
+    return (p[nz] * (p[nz] / (pa @ pb)[nz]).log()).sum()
+
+
+def normalized_mutual_information(routing: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """``I(routing; label) / H(label)`` in [0, 1]: the fraction of the label's information the routing carries.
+
+    Returns 0 when the label is constant (nothing to explain).
+    """
+    h = entropy(contingency(label, label).diagonal() / label.numel())
+    if float(h) == 0.0:
+        return h.new_zeros(())
+    return mutual_information(routing, label) / h

@@ -1,0 +1,50 @@
+"""Small helpers shared across the library: seeding, devices, argument checks."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "default_device", "check_rank", "check_last_dim"]
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> int:
+    """Seed Python, NumPy and torch (all devices); optionally ask torch for deterministic kernels.
+
+    Returns the seed so it can be recorded. ``PYTHONHASHSEED`` is set for child processes.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return seed
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_rank(x: torch.Tensor, ranks: int | tuple[int, ...], name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``x.ndim`` is not one of ``ranks``."""
+    ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ValueError(f"{name} must have rank {want}, got shape {tuple(x.shape)} (rank {x.ndim})")
+
+
+def check_last_dim(x: torch.Tensor, size: int, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` if the last dimension of ``x`` is not ``size``."""
+    if x.shape[-1] != size:
+        raise ValueError(f"{name} must have last dimension {size}, got shape {tuple(x.shape)}")
