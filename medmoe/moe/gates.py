@@ -145,8 +145,9 @@ class NoisyTopKGate(nn.Module):
     but routes the gradient through ``p = softmax(L~)`` over all N experts at the selected index
     (``w = 1 + p - p.detach()``), so the router receives gradient. It applies when ``k == 1``.
 
-    ``W_g`` and ``W_n`` are initialised to zero, as in SegMoTE's code (routing starts uniform: random
-    under noise in training, expert 0 in eval until the router learns).
+    ``W_g`` and ``W_n`` are initialised to zero by default, as in SegMoTE's code (routing starts uniform:
+    random under noise in training, expert 0 in eval until the router learns); ``init_std > 0`` draws
+    ``W_g`` from ``N(0, init_std^2)`` instead, so routing starts input-dependent.
 
     Args:
         in_features: D.
@@ -155,6 +156,7 @@ class NoisyTopKGate(nn.Module):
         noise_epsilon: the ``eps`` of Eq. (2).
         noisy: add the Eq. (2) noise in training (``False`` gives plain top-k).
         straight_through: see above.
+        init_std: standard deviation of the initial ``W_g`` (0 = zeros, SegMoTE's choice).
 
     Shapes:
         x: ``(B, D)`` or ``(B, T, D)``; output :class:`GateOutput` with ``(..., N)`` weights that are
@@ -176,9 +178,12 @@ class NoisyTopKGate(nn.Module):
         noise_epsilon: float = 1e-2,
         noisy: bool = True,
         straight_through: bool = False,
+        init_std: float = 0.0,
     ) -> None:
         super().__init__()
         _check_num_experts(num_experts)
+        if init_std < 0:
+            raise ValueError(f"init_std must be >= 0, got {init_std}")
         if not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"in_features must be a positive int, got {in_features!r}")
         if not isinstance(k, int) or not 1 <= k <= num_experts:
@@ -187,7 +192,7 @@ class NoisyTopKGate(nn.Module):
             raise ValueError(f"noise_epsilon must be >= 0, got {noise_epsilon}")
         self.in_features, self.num_experts, self.k = in_features, num_experts, k
         self.noise_epsilon, self.noisy, self.straight_through = noise_epsilon, noisy, straight_through
-        self.w_gate = nn.Parameter(torch.zeros(in_features, num_experts))
+        self.w_gate = nn.Parameter(torch.randn(in_features, num_experts) * init_std)
         self.w_noise = nn.Parameter(torch.zeros(in_features, num_experts))
 
     def forward(self, x: torch.Tensor) -> GateOutput:

@@ -1,0 +1,56 @@
+# MedMoE Book. Two commands on a fresh machine (Python 3.11, no GPU, package registries only):
+#   make book   -- set up .venv, run every chapter notebook (quick profile) with papermill, build the HTML book
+#   make test   -- set up .venv, unit tests, then nbval over every notebook (smoke profile)
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.medmoe-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+PROFILE  ?= quick
+
+.PHONY: book test install notebooks unit nbval sync clean help
+help:
+	@echo "make book | make test | make notebooks PROFILE=quick | make sync | make clean"
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Execute every chapter notebook with PROFILE through the runner; copy the executed notebooks into the book.
+notebooks: $(STAMP)
+	@mkdir -p book/chapters
+	@set -e; for nb in $(NOTEBOOKS); do \
+	  stem=$$(basename $$nb .py); \
+	  echo "== medmoe run $$nb --profile $(PROFILE)"; \
+	  $(BIN)/medmoe run $$nb --profile $(PROFILE) --out runs/$(PROFILE)/$$stem; \
+	  cp runs/$(PROFILE)/$$stem/notebook.ipynb book/chapters/$$stem.ipynb; \
+	done
+
+book: notebooks
+	$(BIN)/medmoe report --runs runs --out-dir book/chapters
+	$(BIN)/jupyter-book build book --builder html -W -n --keep-going
+	@echo "book: open book/_build/html/index.html"
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+nbval: $(STAMP)
+	rm -rf build/nbval
+	$(BIN)/medmoe prepare $(NOTEBOOKS) --profile smoke --out-dir build/nbval
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider build/nbval -q
+
+test: unit nbval
+
+# Keep each notebooks/NN_name.py and its paired .ipynb in step (the .ipynb is committed without outputs).
+sync: $(STAMP)
+	$(BIN)/jupytext --sync $(NOTEBOOKS)
+	$(BIN)/jupyter nbconvert --clear-output --inplace $(NOTEBOOKS:.py=.ipynb)
+
+clean:
+	rm -rf book/_build book/chapters build runs

@@ -1,0 +1,34 @@
+"""Data: embedded phantom data sets and loaders for the real data sets' file layouts.
+
+* :mod:`medmoe.data.phantoms` -- procedural 2D (five modalities, lesions, distractors, reports) and 3D
+  (abdominal CT, partially labelled sources) phantoms; no download.
+* :mod:`medmoe.data.qata` -- the QaTa-COV19 / LViT folder layout: write phantoms in it, load it back
+  (one loader for the phantoms and the real data).
+* :mod:`medmoe.data.download` -- the verified, resumable downloader; :mod:`medmoe.data.sources` -- the
+  catalogue of real datasets and weights (``python data_scripts/fetch.py --list``).
+
+Names are imported lazily, so ``medmoe.data.download`` works without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "phantoms": (
+        "ANATOMY_CLASSES", "CLASSES_3D", "HU_3D", "LESION_REGIONS", "MODALITIES", "SOURCE_DATASETS", "Phantom2D",
+        "Phantom3D", "PhantomDataset2D", "PhantomVolumeDataset", "ct_prompt", "make_phantom_2d", "make_phantom_3d",
+        "region_masks", "rgb_to_grey",
+    ),
+    "qata": ("SPLIT_FOLDERS", "TABLE_COLUMNS", "QaTaDataset", "write_qata_layout"),
+    "download": ("extract", "sha256sum", "DownloadError", "ChecksumError", "ManualDownloadRequired"),
+    "sources": ("SOURCES", "Source", "RemoteFile", "fetch", "get_source"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"medmoe.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'medmoe.data' has no attribute {name!r}")

@@ -1,0 +1,641 @@
+"""Where each real dataset and pretrained checkpoint comes from, and how to get it onto disk.
+
+Every entry in :data:`SOURCES` is a :class:`Source`: plain data saying what the files are called,
+where they live, how to check them and, when a login or agreement stands in the way, what a person
+has to do by hand. :func:`fetch` turns an entry into files under a data root::
+
+    from medmoe.data.sources import fetch
+    path = fetch("sam_vit_b", root="data")          # open: downloads and verifies
+    path = fetch("qata_cov19", root="data")         # Kaggle: tells you what to place where
+
+The three kinds of access:
+
+* ``"open"``: a plain URL; :func:`fetch` downloads it (resumable, verified, atomic).
+* ``"token"``: needs an API token (Kaggle). If the ``kaggle`` command and ``~/.kaggle/kaggle.json``
+  are present it is used; otherwise :class:`ManualDownloadRequired` explains the manual route.
+* ``"manual"``: a share link, a data-use agreement, a login or an e-mail request. :func:`fetch`
+  looks for the files where they should have been put, verifies them, and otherwise raises
+  :class:`ManualDownloadRequired` naming the exact paths.
+
+Adding a dataset is one entry at the bottom of this file, for example::
+
+    register(Source(
+        name="my_set",
+        description="What it is, in one line",
+        access="open",
+        files=(RemoteFile("my_set.zip", url="https://zenodo.org/records/1/files/my_set.zip",
+                          sha256="<64 hex>", extract=True),),
+        homepage="https://zenodo.org/records/1",
+        licence="CC BY 4.0",
+        target="my_set",
+        size="1.2 GB",
+    ))
+
+Checksums here were copied from the upstream records (Zenodo, the papers' repositories); none was
+recomputed by medmoe from a real download (the project's machines are offline). A value pinned by
+a third party is marked ``checksum_verified=False``, and its :class:`ChecksumError` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from medmoe.data.download import (
+    DownloadError,
+    ManualDownloadRequired,
+    download,
+    extract,
+    is_archive,
+    verify_file,
+)
+
+__all__ = [
+    "Access",
+    "RemoteFile",
+    "Source",
+    "SOURCES",
+    "UnknownSourceError",
+    "register",
+    "get_source",
+    "fetch",
+    "access_table",
+    "manual_message",
+]
+
+Access = Literal["open", "token", "manual"]
+
+
+class UnknownSourceError(KeyError):
+    """A name that is not in :data:`SOURCES`; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+_ACCESS_KINDS = ("open", "token", "manual")
+
+#: Sentence added to checksum errors for values pinned by someone else and never checked by us.
+UNVERIFIED_NOTE = (
+    "Note: this checksum was pinned by a third-party repository and has not been verified by "
+    "medmoe. If you downloaded the file from the official link, the pin itself may be wrong: "
+    "please report it (and use fetch(..., verify=False) / fetch.py --no-verify meanwhile)."
+)
+
+
+def _check_relative(path: str, what: str) -> None:
+    pure = PurePosixPath(path.replace("\\", "/"))
+    if not path or pure.is_absolute() or ".." in pure.parts:
+        raise ValueError(f"{what} must be a relative path without '..', got {path!r}")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a :class:`Source`.
+
+    Attributes:
+        filename: where the file goes, relative to the source's folder (``root/<target>/``).
+        url: where to download it; ``None`` when there is no direct link (token or manual access).
+        sha256: expected SHA-256, or ``None`` when no one publishes one.
+        md5: expected MD5, for hosts that publish only MD5 (Zenodo).
+        checksum_verified: ``False`` when the checksum was pinned by a third party and not
+            confirmed against the upstream file; a mismatch message then says the pin may be wrong.
+        extract: unpack this archive into the source's folder after it is verified.
+        optional: a missing optional file does not stop :func:`fetch`; it is verified if present.
+        note: one line for humans (what the file holds, where the checksum came from).
+
+    Example::
+
+        >>> f = RemoteFile("ISLES-2022.zip", url="https://zenodo.org/records/7960856/files/ISLES-2022.zip",
+        ...                sha256="f374895e383f725ddd280db41ef36ed975277c33de0e587a631ca7ea7ad45d6b", extract=True)
+        >>> f.checksum_text[:20]
+        'sha256 f374895e383f7'
+    """
+
+    filename: str
+    url: str | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    checksum_verified: bool = True
+    extract: bool = False
+    optional: bool = False
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        _check_relative(self.filename, "RemoteFile.filename")
+        if self.extract and not is_archive(self.filename):
+            raise ValueError(f"RemoteFile {self.filename!r} is marked extract=True but is not a known archive type")
+
+    @property
+    def checksum_text(self) -> str:
+        """``"sha256 <hex>"``, ``"md5 <hex>"`` or ``"no checksum published"``, for messages."""
+        if self.sha256:
+            text = f"sha256 {self.sha256}"
+        elif self.md5:
+            text = f"md5 {self.md5}"
+        else:
+            return "no checksum published"
+        return text if self.checksum_verified else text + " (third-party pin, unverified)"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset or checkpoint: what it is, where it lives, how to get it, where it goes.
+
+    Attributes:
+        name: registry key, lower case with underscores (``"qata_cov19"``).
+        description: one line.
+        access: ``"open"`` (plain URL), ``"token"`` (Kaggle API token) or ``"manual"``.
+        files: the files that make up the source.
+        homepage: the page a person visits to download by hand or read the terms.
+        licence: the terms, as stated upstream (``"see homepage"`` when we do not know them).
+        instructions: the manual route: which site, which account or agreement, which file names.
+        target: folder under the data root, e.g. ``"qata_cov19"`` -> ``<root>/qata_cov19/``.
+        size: a human note (``"24.2 GB"``, ``"9,258 images"``), shown by ``fetch.py --list``.
+        expect: paths under ``<root>/<target>/`` that exist once the source is ready (e.g. the
+            extracted folder). When all exist, :func:`fetch` returns at once, so an archive may be
+            deleted after extraction and a hand-extracted copy is accepted as it is.
+        kaggle_dataset: ``"owner/slug"`` for the optional ``kaggle datasets download`` route.
+        kaggle_competition: competition slug for the optional ``kaggle competitions download``.
+        used_by: which chapters / papers need it (free text).
+    """
+
+    name: str
+    description: str
+    access: Access
+    files: tuple[RemoteFile, ...]
+    homepage: str
+    licence: str
+    target: str
+    instructions: str = ""
+    size: str = ""
+    expect: tuple[str, ...] = ()
+    kaggle_dataset: str | None = None
+    kaggle_competition: str | None = None
+    used_by: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name != self.name.lower() or " " in self.name or "-" in self.name:
+            raise ValueError(f"Source.name must be lower case with underscores, got {self.name!r}")
+        if self.access not in _ACCESS_KINDS:
+            raise ValueError(f"Source {self.name!r}: access must be one of {_ACCESS_KINDS}, got {self.access!r}")
+        if not isinstance(self.files, tuple) or not all(isinstance(f, RemoteFile) for f in self.files):
+            raise TypeError(f"Source {self.name!r}: files must be a tuple of RemoteFile")
+        if not self.files and not self.expect:
+            raise ValueError(f"Source {self.name!r}: give at least one file or one expected path")
+        _check_relative(self.target, f"Source {self.name!r} target")
+        for path in self.expect:
+            _check_relative(path, f"Source {self.name!r} expect entry")
+        if self.access == "open":
+            no_url = [f.filename for f in self.files if not f.url]
+            if no_url:
+                raise ValueError(f"Source {self.name!r} is 'open' but has no URL for {no_url}")
+        if self.access != "open" and not self.instructions:
+            raise ValueError(f"Source {self.name!r} is {self.access!r}: it needs manual instructions")
+
+
+#: All known sources by name. Add entries with :func:`register`.
+SOURCES: dict[str, Source] = {}
+
+
+def register(source: Source, *, replace: bool = False) -> Source:
+    """Add ``source`` to :data:`SOURCES` (``ValueError`` if the name is taken, unless ``replace``)."""
+    if source.name in SOURCES and not replace:
+        raise ValueError(f"a source named {source.name!r} is already registered")
+    SOURCES[source.name] = source
+    return source
+
+
+def get_source(name: str) -> Source:
+    """Look up a source; ``"QaTa-COV19"`` style spellings are normalised to ``"qata_cov19"``.
+
+    Raises:
+        UnknownSourceError: (a ``KeyError``) unknown name; the message lists every known name.
+    """
+    key = name.strip().lower().replace("-", "_")
+    try:
+        return SOURCES[key]
+    except KeyError:
+        known = ", ".join(sorted(SOURCES))
+        raise UnknownSourceError(f"unknown data source {name!r}; known sources: {known}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# fetch()
+# --------------------------------------------------------------------------------------------------
+
+
+def fetch(
+    source_or_name: Source | str,
+    root: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    verify: bool = True,
+    use_kaggle_cli: bool = True,
+) -> Path:
+    """Make ``source_or_name`` ready under ``root/<target>/`` and return that folder.
+
+    * open sources are downloaded (resumable, checksum-verified, atomic), then archives marked
+      ``extract`` are unpacked;
+    * token / manual sources must already have been placed there by hand (or, for Kaggle, by the
+      ``kaggle`` command when it is installed and configured); they are verified and unpacked.
+
+    Calling it again is cheap: finished files are checked, not downloaded again; an archive is not
+    unpacked twice (a hidden ``.<archive>.extracted`` marker remembers it); when every path in
+    ``Source.expect`` exists nothing is touched at all.
+
+    Args:
+        source_or_name: a :class:`Source` or a name in :data:`SOURCES`.
+        root: the data root, e.g. ``"data"``.
+        progress: show download progress bars.
+        verify: check checksums. Only turn off to get past a wrong third-party pin.
+        use_kaggle_cli: try the ``kaggle`` command for Kaggle sources when it is set up.
+
+    Raises:
+        UnknownSourceError: (a ``KeyError``) unknown name; the message lists the known ones.
+        ManualDownloadRequired: files that must be fetched by hand are missing; the message says
+            what, from where, with which account, and the exact path to put each file at.
+        ChecksumError: a file does not match its checksum.
+        DownloadError: any other download failure.
+
+    Example::
+
+        >>> import tempfile
+        >>> try:
+        ...     fetch("qata_cov19", root=tempfile.mkdtemp(), use_kaggle_cli=False)
+        ... except ManualDownloadRequired as err:
+        ...     print(err.missing[0].name)
+        qatacov19-dataset.zip
+    """
+    source = source_or_name if isinstance(source_or_name, Source) else get_source(source_or_name)
+    root = Path(root).expanduser()
+    base = root / source.target
+    if source.expect and all((base / p).exists() for p in source.expect):
+        return base
+
+    pending = [f for f in source.files if not (f.extract and _marker(base, f).exists())]
+    if source.access == "open":
+        for f in pending:
+            _download_one(f, base, progress=progress, verify=verify)
+    else:
+        required = [f for f in pending if not f.optional and not (base / f.filename).exists()]
+        if required and source.access == "token" and use_kaggle_cli and _kaggle_ready():
+            _kaggle_download(source, root)
+            required = [f for f in required if not (base / f.filename).exists()]
+        if required:
+            raise ManualDownloadRequired(
+                manual_message(source, root, required),
+                source=source.name,
+                missing=tuple(base / f.filename for f in required),
+            )
+        for f in pending:
+            path = base / f.filename
+            if path.exists() and verify:
+                verify_file(path, sha256=f.sha256, md5=f.md5, note=_note(f))
+
+    for f in pending:
+        if f.extract and (base / f.filename).exists():
+            extract(base / f.filename, base)
+            _marker(base, f).write_text(f"{f.filename} was extracted into this folder by medmoe.fetch\n")
+    return base
+
+
+def _note(f: RemoteFile) -> str | None:
+    return None if f.checksum_verified else UNVERIFIED_NOTE
+
+
+def _marker(base: Path, f: RemoteFile) -> Path:
+    """Hidden file recording that archive ``f`` was unpacked into ``base``."""
+    path = base / f.filename
+    return path.parent / f".{path.name}.extracted"
+
+
+def _download_one(f: RemoteFile, base: Path, *, progress: bool, verify: bool) -> Path:
+    assert f.url is not None  # guaranteed by Source.__post_init__ for open sources
+    return download(
+        f.url,
+        base / f.filename,
+        sha256=f.sha256 if verify else None,
+        md5=f.md5 if verify else None,
+        progress=progress,
+        checksum_note=_note(f),
+    )
+
+
+def _access_phrase(source: Source) -> str:
+    if source.access == "token":
+        return "needs a Kaggle account (and an API token for the scripted route)"
+    return "must be downloaded by hand"
+
+
+def manual_message(source: Source, root: Path, missing: Iterable[RemoteFile]) -> str:
+    """The text of :class:`ManualDownloadRequired`: what, from where, which account, exact paths."""
+    base = root / source.target
+    lines = [
+        f"{source.name!r} ({source.description}) is not on disk yet and {_access_phrase(source)}.",
+        "",
+        f"Homepage: {source.homepage}",
+        f"Licence:  {source.licence}",
+        "",
+        "How to get it:",
+        *("  " + line for line in source.instructions.strip().splitlines()),
+        "",
+        "Put these files at exactly these paths:",
+    ]
+    for f in missing:
+        lines.append(f"  {base / f.filename}")
+        detail = [f.checksum_text] + ([f.url] if f.url else []) + ([f.note] if f.note else [])
+        lines.append(f"      ({'; '.join(detail)})")
+    if source.expect:
+        lines += [
+            "",
+            "Or, if you unpacked it yourself, make sure these exist:",
+            *(f"  {base / p}" for p in source.expect),
+        ]
+    lines += ["", f"Then run again: python data_scripts/fetch.py {source.name} --root {root}"]
+    return "\n".join(lines)
+
+
+def _kaggle_ready() -> bool:
+    """``kaggle`` is on PATH and has credentials (``~/.kaggle/kaggle.json`` or env variables)."""
+    if shutil.which("kaggle") is None:
+        return False
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    has_env = bool(os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
+    return has_env or (config_dir / "kaggle.json").is_file()
+
+
+def _kaggle_download(source: Source, root: Path) -> None:
+    """Run the Kaggle CLI into ``root/<target>``; a failure raises with the manual route appended."""
+    base = root / source.target
+    if source.kaggle_dataset:
+        cmd = ["kaggle", "datasets", "download", "-d", source.kaggle_dataset, "-p", str(base)]
+    elif source.kaggle_competition:
+        cmd = ["kaggle", "competitions", "download", "-c", source.kaggle_competition, "-p", str(base)]
+    else:
+        return
+    base.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DownloadError(
+            f"`{' '.join(cmd)}` failed (exit {result.returncode}):\n{result.stderr.strip()}\n"
+            "For competitions, accept the rules on the competition page first. Or download by hand:\n\n"
+            + manual_message(source, root, [f for f in source.files if not f.optional])
+        )
+
+
+def access_table(sources: Iterable[Source] | None = None) -> str:
+    """A Markdown table of name, access, size and homepage (used for ``data_scripts/README.md``)."""
+    rows = ["| name | access | size | what | homepage |", "|---|---|---|---|---|"]
+    for s in sources if sources is not None else SOURCES.values():
+        rows.append(f"| `{s.name}` | {s.access} | {s.size or '?'} | {s.description} | {s.homepage} |")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# The catalogue. Facts (URLs, access, sizes, checksums) from the project's data-sources fact sheet.
+# --------------------------------------------------------------------------------------------------
+
+_KAGGLE_STEPS = """\
+1. Sign in at kaggle.com (a free account) and open {page}.
+2. Click "Download" and save the archive as {filename} (the browser may call it archive.zip).
+   Or, with an API token (kaggle.com > Settings > API > Create New Token -> ~/.kaggle/kaggle.json):
+       pip install kaggle && kaggle {kind} download {flag} {ref} -p <the folder below>
+3. Leave it zipped: fetch() verifies and unpacks it."""
+
+
+def _kaggle_steps(*, ref: str, filename: str, competition: bool = False) -> str:
+    page = f"https://www.kaggle.com/{'competitions' if competition else 'datasets'}/{ref}"
+    return _KAGGLE_STEPS.format(
+        page=page,
+        filename=filename,
+        kind="competitions" if competition else "datasets",
+        flag="-c" if competition else "-d",
+        ref=ref,
+    )
+
+
+def _zenodo(record: int, filename: str) -> str:
+    return f"https://zenodo.org/records/{record}/files/{filename}?download=1"
+
+
+register(Source(
+    name="qata_cov19",
+    description="QaTa-COV19 v2: chest X-rays with COVID-19 infection masks (MLMoE / LViT)",
+    access="token",
+    files=(RemoteFile("qatacov19-dataset.zip", extract=True, note="the archive Kaggle serves for this dataset"),),
+    homepage="https://www.kaggle.com/datasets/aysendegerli/qatacov19-dataset",
+    licence="see the Kaggle dataset page",
+    target="qata_cov19",
+    instructions=_kaggle_steps(ref="aysendegerli/qatacov19-dataset", filename="qatacov19-dataset.zip"),
+    size="9,258 chest X-rays",
+    expect=("QaTa-COV19/QaTa-COV19-v2/Train Set", "QaTa-COV19/QaTa-COV19-v2/Test Set"),
+    kaggle_dataset="aysendegerli/qatacov19-dataset",
+    used_by="MLMoE chapter; image covid_1.png pairs with mask mask_covid_1.png (0/255)",
+))
+
+register(Source(
+    name="lvit_qata_text",
+    description="LViT text annotations for QaTa-COV19 (Excel workbooks, columns Image, Description)",
+    access="manual",
+    files=(
+        RemoteFile("Train_text_for_Covid19.xlsx", checksum_verified=False, note="7,145 rows (train + val)",
+                   sha256="35c0f5250c2e8ee5e2bfbefd83823472ede28d5d587add3083449510e3a6e909"),
+        RemoteFile("Test_text_for_Covid19.xlsx", checksum_verified=False, note="2,113 rows",
+                   sha256="708587c318248d305ff6e61757b4c0d7fec9037c93f86b870a5c76ccbacfc08a"),
+        RemoteFile("Train_ID.xlsx", optional=True, note="5,716 rows: LViT's train split"),
+        RemoteFile("Val_ID.xlsx", optional=True, note="1,429 rows: LViT's validation split"),
+    ),
+    homepage="https://github.com/HUANGLIZI/LViT",
+    licence="see the LViT repository",
+    target="lvit_text/qata_cov19",
+    instructions="""\
+1. Open the LViT README (github.com/HUANGLIZI/LViT) and follow its OneDrive link for the
+   QaTa-COV19 text annotations (a share link: no account needed, but it cannot be scripted).
+2. Download Train_text_for_Covid19.xlsx and Test_text_for_Covid19.xlsx (and Train_ID.xlsx,
+   Val_ID.xlsx if present) and keep their names unchanged.
+Note: the column Image holds the *mask* file name; the image is .replace('mask_', '').""",
+    size="4 small .xlsx files",
+    used_by="MLMoE chapter (text-guided segmentation)",
+))
+
+register(Source(
+    name="lvit_mosmed_text",
+    description="LViT text annotations for MosMedData+ (Excel workbooks, columns Image, Description)",
+    access="manual",
+    files=(
+        RemoteFile("Train_text_MosMedData+ 1.xlsx", checksum_verified=False,
+                   sha256="f029c1bd606ab6fef682d6e6d67fb875cd17f8268b834ef3ad5baf444134db33"),
+        RemoteFile("Val_text_MosMedData+ 1.xlsx", checksum_verified=False,
+                   sha256="c8763cb6d636f84de9b14004c9f5c22729f6c49ce8d594af8501c75b4d7c7401"),
+        RemoteFile("Test_text_MosMedData+.xlsx", checksum_verified=False,
+                   sha256="f6b7d569c71af79773bfd926a7ee295ccf8ef058b5159d686323cd091d5a8db1"),
+    ),
+    homepage="https://github.com/HUANGLIZI/LViT",
+    licence="see the LViT repository",
+    target="lvit_text/mosmed_plus",
+    instructions="""\
+1. Open the LViT README (github.com/HUANGLIZI/LViT) and follow its OneDrive link for the
+   MosMedData+ text annotations (a share link: it cannot be scripted).
+2. Download the three workbooks and keep their names exactly, spaces included:
+   'Train_text_MosMedData+ 1.xlsx', 'Val_text_MosMedData+ 1.xlsx', 'Test_text_MosMedData+.xlsx'.""",
+    size="3 small .xlsx files",
+    used_by="MLMoE chapter; the three workbooks define LViT's train/val/test split",
+))
+
+register(Source(
+    name="mosmed_plus",
+    description="MosMedData+: CT slices (PNG) with COVID-19 lesion masks (MLMoE / LViT)",
+    access="token",
+    files=(RemoteFile("covid19-ct-scan-lesion-segmentation-dataset.zip", extract=True,
+                      note="the archive Kaggle serves; folder names inside are unconfirmed"),),
+    homepage="https://www.kaggle.com/datasets/maedemaftouni/covid19-ct-scan-lesion-segmentation-dataset",
+    licence="see the Kaggle dataset page (original: medicalsegmentation.com/covid19)",
+    target="mosmed_plus",
+    instructions=_kaggle_steps(
+        ref="maedemaftouni/covid19-ct-scan-lesion-segmentation-dataset",
+        filename="covid19-ct-scan-lesion-segmentation-dataset.zip",
+    ),
+    size="2,729 CT slices",
+    kaggle_dataset="maedemaftouni/covid19-ct-scan-lesion-segmentation-dataset",
+    used_by="MLMoE chapter; split by the lvit_mosmed_text workbooks",
+))
+
+register(Source(
+    name="sam_vit_b",
+    description="Segment Anything ViT-B checkpoint (SegMoTE)",
+    access="open",
+    files=(RemoteFile("sam_vit_b_01ec64.pth",
+                      url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+                      note="Meta publishes no checksum, so this file cannot be verified"),),
+    homepage="https://github.com/facebookresearch/segment-anything",
+    licence="Apache-2.0",
+    target="weights/sam",
+    size="about 375 MB",
+    used_by="SegMoTE chapter (alternative: Hugging Face facebook/sam-vit-base)",
+))
+
+register(Source(
+    name="medclip_vit",
+    description="MedCLIP ViT pretrained weights (zip holding pytorch_model.bin; MedMoE init)",
+    access="open",
+    files=(RemoteFile("medclip-vit-pretrained.zip",
+                      url="https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip",
+                      extract=True, note="URL from RyanWangZf/MedCLIP, medclip/medclip_vit_weight.txt"),),
+    homepage="https://github.com/RyanWangZf/MedCLIP",
+    licence="see the MedCLIP repository",
+    target="weights/medclip",
+    size="?",
+    used_by="MedMoE chapter (MedMoE itself initialises Swin-T from MedCLIP)",
+))
+
+register(Source(
+    name="chexpert_5x200",
+    description="CheXpert 5x200 zero-shot evaluation list (1,000 rows, 5 classes; images not included)",
+    access="manual",
+    files=(RemoteFile("chexpert-5x200.csv",
+                      sha256="36469c3fb0f62019695fbee5d30b99f268060daecba01a75d8a8e94af49eee9a",
+                      note="ships in the repository as local_data/chexpert-5x200.csv"),),
+    homepage="https://github.com/mbzuai-oryx/UniMed-CLIP",
+    licence="see the repository; the images keep CheXpert's research agreement",
+    target="chexpert",
+    instructions="""\
+1. The CSV is a file in the UniMed-CLIP / MedMoE code repositories: local_data/chexpert-5x200.csv.
+   Copy it from a checkout (git clone, or 'raw' download on GitHub) without editing it.
+2. Its imgpath column points under CheXpert-v1.0-small/train/; those images come separately from
+   Kaggle (ashery/chexpert) or Stanford AIMI (research agreement), placed next to the CSV.""",
+    size="1,000 rows",
+    used_by="MedMoE chapter (zero-shot classification: Atelectasis, Cardiomegaly, Edema, "
+            "Pleural Effusion, Consolidation; 200 each)",
+))
+
+register(Source(
+    name="chaos",
+    description="CHAOS challenge training sets: abdominal CT and MR with organ masks",
+    access="open",
+    files=(RemoteFile("CHAOS_Train_Sets.zip", url=_zenodo(3431873, "CHAOS_Train_Sets.zip"), extract=True,
+                      sha256="535f7d3417a0e0f0d9133fb3d962423d2a9cf3f103e4f09a3d8a1daf87d5d2fc"),),
+    homepage="https://zenodo.org/records/3431873",
+    licence="see the Zenodo record",
+    target="chaos",
+    size="?",
+    used_by="MoME and SegMoTE chapters",
+))
+
+register(Source(
+    name="amos22",
+    description="AMOS 2022: multi-organ abdominal CT and MRI with 15-organ labels",
+    access="open",
+    files=(RemoteFile("amos22.zip", url=_zenodo(7155725, "amos22.zip"), extract=True,
+                      sha256="d2fbf2c31abba9824d183f05741ce187b17905b8cca64d1078eabf1ba96775c2"),),
+    homepage="https://zenodo.org/records/7155725",
+    licence="CC BY 4.0",
+    target="amos22",
+    size="24.2 GB",
+    used_by="MoME and SegMoTE chapters",
+))
+
+register(Source(
+    name="isles22",
+    description="ISLES 2022: ischemic stroke lesion segmentation, multi-sequence MRI",
+    access="open",
+    files=(RemoteFile("ISLES-2022.zip", url=_zenodo(7960856, "ISLES-2022.zip"), extract=True,
+                      sha256="f374895e383f725ddd280db41ef36ed975277c33de0e587a631ca7ea7ad45d6b"),),
+    homepage="https://zenodo.org/records/7960856",
+    licence="see the Zenodo record",
+    target="isles22",
+    size="?",
+    used_by="SegMoTE chapter (evaluation)",
+))
+
+register(Source(
+    name="totalsegmentator_v201",
+    description="TotalSegmentator CT v2.0.1: 1,228 subjects, per-structure NIfTI masks",
+    access="open",
+    files=(RemoteFile("Totalsegmentator_dataset_v201.zip", url=_zenodo(10047292, "Totalsegmentator_dataset_v201.zip"),
+                      extract=True, md5="fe250e5718e0a3b5df4c4ea9d58a62fe",
+                      note="Zenodo publishes only an md5 for this file"),),
+    homepage="https://zenodo.org/records/10047292",
+    licence="CC BY 4.0",
+    target="totalsegmentator_v201",
+    size="23.6 GB",
+    used_by="SegMoTE chapter (MedSeg-HQ)",
+))
+
+register(Source(
+    name="busi",
+    description="BUSI: breast ultrasound images with benign/malignant/normal labels and masks",
+    access="token",
+    files=(RemoteFile("breast-ultrasound-images-dataset.zip", extract=True,
+                      note="the archive Kaggle serves for this dataset"),),
+    homepage="https://www.kaggle.com/datasets/aryashah2k/breast-ultrasound-images-dataset",
+    licence="see the Kaggle dataset page",
+    target="busi",
+    instructions=_kaggle_steps(ref="aryashah2k/breast-ultrasound-images-dataset",
+                               filename="breast-ultrasound-images-dataset.zip"),
+    size="?",
+    kaggle_dataset="aryashah2k/breast-ultrasound-images-dataset",
+    used_by="MedMoE chapter (breast ultrasound evaluation)",
+))
+
+register(Source(
+    name="rsna_pneumonia",
+    description="RSNA Pneumonia Detection Challenge: 26,684 training DICOMs + stage_2_train_labels.csv",
+    access="token",
+    files=(RemoteFile("rsna-pneumonia-detection-challenge.zip", extract=True,
+                      note="the archive Kaggle serves for this competition"),),
+    homepage="https://www.kaggle.com/competitions/rsna-pneumonia-detection-challenge",
+    licence="the competition rules (accept them on Kaggle first)",
+    target="rsna_pneumonia",
+    instructions="Log in to Kaggle and accept the competition rules on its page (Rules tab) first.\n"
+    + _kaggle_steps(ref="rsna-pneumonia-detection-challenge",
+                    filename="rsna-pneumonia-detection-challenge.zip", competition=True),
+    size="26,684 DICOMs",
+    expect=("stage_2_train_labels.csv",),
+    kaggle_competition="rsna-pneumonia-detection-challenge",
+    used_by="MedMoE chapter (pneumonia evaluation)",
+))

@@ -1,0 +1,210 @@
+"""medmoe.runner and medmoe.registry: profiles, parameter checks, metrics.json, the reproduction page."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medmoe import registry
+from medmoe.runner import (
+    RunnerError,
+    load_profiles,
+    main,
+    notebook_parameters,
+    prepare_notebook,
+    resolve_parameters,
+    run_notebook,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+
+TINY = '''\
+# %% [markdown]
+# A tiny notebook for the runner's tests.
+
+# %% tags=["parameters"]
+profile = "quick"
+run_dir = "runs/interactive/tiny"
+seed = 0
+n_experts = 4
+scale = 0.5
+
+# %%
+import random
+from medmoe.runner import save_results
+random.seed(seed)
+{body}
+save_results(run_dir, {{"n_experts": n_experts, "seed": seed, "score": scale * n_experts, "draw": random.random()}})
+'''
+
+
+def _tiny(tmp_path: Path, body: str = "", profiles: dict | None = None, name: str = "tiny") -> Path:
+    nb = tmp_path / f"{name}.py"
+    nb.write_text(TINY.format(body=body))
+    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump({name: {"profiles": profiles or {"quick": {}, "smoke": {"n_experts": 2}}}}))
+    return nb
+
+
+def test_notebook_parameters_reads_literals():
+    import jupytext
+
+    params = notebook_parameters(jupytext.reads(TINY.format(body=""), fmt="py:percent"))
+    assert params == {"profile": "quick", "run_dir": "runs/interactive/tiny", "seed": 0, "n_experts": 4, "scale": 0.5}
+
+
+def test_run_writes_metrics_with_overrides_and_environment(tmp_path):
+    nb = _tiny(tmp_path)
+    rec = run_notebook(nb, profile="quick", parameters={"n_experts": 6, "seed": 3}, out_dir=tmp_path / "out")
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert on_disk["status"] == "ok" and on_disk == json.loads(json.dumps(rec, default=str))
+    assert on_disk["metrics"]["n_experts"] == 6 and on_disk["metrics"]["seed"] == 3 and on_disk["seed"] == 3
+    assert on_disk["metrics"]["score"] == 3.0
+    assert on_disk["parameters"]["scale"] == 0.5 and on_disk["parameters"]["profile"] == "quick"
+    env = on_disk["environment"]
+    assert env["packages"]["torch"] and env["device"] and on_disk["wall_time_s"] > 0
+    assert on_disk["kernel_peak_memory"]["cpu_rss_mb"] > 0
+    assert (tmp_path / "out" / "notebook.ipynb").is_file()
+
+
+def test_same_seed_same_result_and_profile_values_applied(tmp_path):
+    nb = _tiny(tmp_path)
+    a = run_notebook(nb, profile="smoke", out_dir=tmp_path / "a")
+    b = run_notebook(nb, profile="smoke", out_dir=tmp_path / "b")
+    assert a["metrics"]["n_experts"] == 2
+    assert a["metrics"]["draw"] == b["metrics"]["draw"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"profile": "gpu-huge"}, r"unknown profile 'gpu-huge'.*known profiles: \['quick', 'smoke'\]"),
+        ({"parameters": {"n_expert": 3}}, r"unknown parameter\(s\) \['n_expert'\] in overrides"),
+    ],
+)
+def test_bad_profile_or_parameter_is_an_error(tmp_path, kwargs, message):
+    nb = _tiny(tmp_path)
+    with pytest.raises(RunnerError, match=message):
+        run_notebook(nb, out_dir=tmp_path / "out", **kwargs)
+
+
+def test_unknown_name_in_profile_file_is_an_error(tmp_path):
+    nb = _tiny(tmp_path, profiles={"quick": {"epochz": 3}})
+    with pytest.raises(RunnerError, match=r"unknown parameter\(s\) \['epochz'\] in profile 'quick'"):
+        resolve_parameters(nb, "quick")
+
+
+def test_missing_parameters_cell_is_an_error(tmp_path):
+    nb = _tiny(tmp_path)
+    nb.write_text(nb.read_text().replace(' tags=["parameters"]', ""))
+    with pytest.raises(RunnerError, match="no cell tagged 'parameters'"):
+        run_notebook(nb, out_dir=tmp_path / "out")
+
+
+def test_failing_cell_fails_loudly_and_records_it(tmp_path):
+    nb = _tiny(tmp_path, body='raise RuntimeError("boom in cell")')
+    with pytest.raises(RunnerError, match="boom in cell"):
+        run_notebook(nb, out_dir=tmp_path / "out")
+    rec = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert rec["status"] == "failed" and "boom in cell" in rec["error"]
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    nb = _tiny(tmp_path)
+    assert main(["run", str(nb), "-p", "n_experts", "5", "--out", str(tmp_path / "cli")]) == 0
+    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["metrics"]["n_experts"] == 5
+    assert main(["run", str(nb), "--profile", "nope", "--out", str(tmp_path / "cli2")]) == 1
+    assert "unknown profile 'nope'" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.py")]) == 1
+
+
+def test_prepare_injects_without_running(tmp_path):
+    nb = _tiny(tmp_path, body='raise RuntimeError("must not run")')
+    out = prepare_notebook(nb, tmp_path / "prep" / "tiny.ipynb", profile="smoke")
+    cells = json.loads(out.read_text())["cells"]
+    injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1 and "n_experts = 2" in "".join(injected[0]["source"])
+
+
+# ---------------------------------------------------------------- the book's own notebooks
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_book_notebooks_profiles_are_valid(nb):
+    profiles = load_profiles(nb)
+    assert {"quick", "smoke"} <= set(profiles)
+    for name in profiles:
+        resolve_parameters(nb, name)  # raises on any unknown name
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_book_notebooks_are_paired_and_clean(nb):
+    import jupytext
+
+    ipynb = nb.with_suffix(".ipynb")
+    assert ipynb.is_file(), f"{ipynb} missing: run `make sync`"
+    py_cells = [(c.cell_type, c.source) for c in jupytext.read(nb).cells]
+    raw = json.loads(ipynb.read_text())
+    nb_cells = [(c["cell_type"], "".join(c["source"])) for c in raw["cells"]]
+    assert py_cells == nb_cells, f"{nb.name} and {ipynb.name} differ: run `make sync`"
+    assert not any(c.get("outputs") for c in raw["cells"] if c["cell_type"] == "code"), "commit notebooks without outputs"
+    assert "colab.research.google.com" in "".join(s for _, s in py_cells)
+
+
+# ---------------------------------------------------------------- registry and report
+def test_registry_is_valid_and_notebook_parameters_exist():
+    cells = registry.load_cells()
+    assert cells and len({c.id for c in cells}) == len(cells)
+    for c in cells:
+        if c.notebook_exists():
+            nb = ROOT / c.notebook
+            resolve_parameters(nb, c.profile, c.parameters)
+
+
+def test_registry_rejects_bad_entries(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"cells": [{"id": "x", "paper": "P"}]}))
+    with pytest.raises(ValueError, match="missing"):
+        registry.load_cells(p)
+
+
+def _fake_run(root: Path, name: str, seed: int, value: float, *, profile="paper", params=None, notebook="notebooks/00_moe_primer.py"):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "notebook": notebook, "profile": profile, "status": "ok", "seed": seed, "started": f"2026-01-0{seed + 1}",
+        "parameters": {"seed": seed, **(params or {})}, "metrics": {"score": value}, "wall_time_s": 12.0,
+        "environment": {"device": "cpu", "cpu_count": 2},
+    }))
+
+
+def test_report_shows_paper_vs_reproduced_and_not_run(tmp_path):
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(yaml.safe_dump({"cells": [
+        {"id": "demo.score", "paper": "Demo", "table": "T1", "row": "ours", "column": "score", "paper_value": 0.9,
+         "notebook": "notebooks/00_moe_primer.py", "profile": "paper", "parameters": {"n_experts": 4}, "metric": "score"},
+        {"id": "demo.other", "paper": "Demo", "table": "T1", "row": "ours", "column": "other", "paper_value": 1.0,
+         "notebook": "notebooks/00_moe_primer.py", "profile": "paper", "parameters": {"n_experts": 8}, "metric": "score"},
+        {"id": "future.x", "paper": "Future", "table": "T9", "row": "r", "column": "c", "paper_value": 5,
+         "notebook": "notebooks/99_not_written.py", "profile": "paper", "parameters": {}, "metric": "x"},
+    ]}))
+    runs = tmp_path / "runs"
+    _fake_run(runs, "a", 0, 0.80, params={"n_experts": 4})
+    _fake_run(runs, "b", 1, 0.90, params={"n_experts": 4})
+    _fake_run(runs, "c", 2, 0.10, params={"n_experts": 4}, profile="quick")  # other profile: not a match
+    text = registry.render_report(runs_root=runs, registry=reg)
+    row = next(line for line in text.splitlines() if "`demo.score`" in line)
+    assert "0.90" in row and "0.85 ± 0.07" in row and "2 seed(s), cpu" in row
+    assert "not run" in next(line for line in text.splitlines() if "`demo.other`" in line)
+    assert "chapter not written yet" in next(line for line in text.splitlines() if "`future.x`" in line)
+    assert text.count("| `00_moe_primer.py` |") == 3  # every run is listed
+
+
+def test_timings_table_uses_measured_quick_runs(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "q", 0, 0.5, profile="quick")
+    text = registry.render_timings(runs_root=runs)
+    assert "0.2 min" in text and "cpu, 2 cores" in text
+    assert "not run" in registry.render_timings(runs_root=tmp_path / "empty")
