@@ -32,7 +32,14 @@ notebooks: $(STAMP)
 	  cp runs/$(PROFILE)/$$stem/notebook.ipynb book/chapters/$$stem.ipynb; \
 	done
 
-book: notebooks
+# MathJax is served from the book itself (from the pinned django-static-mathjax wheel), so equations
+# render without a CDN, offline too.
+MATHJAX := book/_vendor/mathjax/tex-chtml.js
+$(MATHJAX): $(STAMP)
+	rm -rf book/_vendor/mathjax && mkdir -p book/_vendor
+	cp -r "$$($(BIN)/python -c 'import mathjax, pathlib; print(pathlib.Path(mathjax.__file__).parent / "static/mathjax/es5")')" book/_vendor/mathjax
+
+book: notebooks $(MATHJAX)
 	$(BIN)/medmoe report --runs runs --out-dir book/chapters
 	$(BIN)/jupyter-book build book --builder html -W -n --keep-going
 	@echo "book: open book/_build/html/index.html"

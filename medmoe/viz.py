@@ -22,7 +22,7 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def phantom_gallery(items: Sequence[Mapping], *, wrap: int = 48, cols: int | None = None) -> plt.Figure:
+def phantom_gallery(items: Sequence[Mapping], *, wrap: int = 34, cols: int | None = None) -> plt.Figure:
     """Images with their lesion outline (red) and report as caption.
 
     Args:
@@ -30,7 +30,7 @@ def phantom_gallery(items: Sequence[Mapping], *, wrap: int = 48, cols: int | Non
     """
     cols = cols or len(items)
     rows = int(np.ceil(len(items) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 4.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, it in zip(axes.flat, items):
@@ -40,13 +40,13 @@ def phantom_gallery(items: Sequence[Mapping], *, wrap: int = 48, cols: int | Non
         ax.contour(_np(it["mask"])[0], levels=[0.5], colors="red", linewidths=1.0)
         words, lines, cur = str(it["text"]).split(), [], ""
         for w in words:
-            if len(cur) + len(w) + 1 > wrap // max(1, cols // 3):
+            if len(cur) + len(w) + 1 > wrap:
                 lines.append(cur)
                 cur = w
             else:
                 cur = f"{cur} {w}".strip()
         lines.append(cur)
-        ax.set_title(f"[{it.get('modality_name', '?')}]\n" + "\n".join(lines), fontsize=7.5)
+        ax.set_title(f"[{it.get('modality_name', '?')}]\n" + "\n".join(lines), fontsize=8.5)
     fig.tight_layout()
     return fig
 
@@ -67,16 +67,20 @@ def expert_load_bars(loads: Mapping[str, Sequence[float]], *, title: str = "Expe
 
 
 def routing_heatmaps(tables: Mapping[str, np.ndarray], *, row_labels: Sequence[str], col_label: str = "expert",
-                     annotate: Mapping[str, str] | None = None) -> plt.Figure:
+                     annotate: Mapping[str, str] | None = None, cols: int = 3) -> plt.Figure:
     """One heat map per variant: rows = a known label (e.g. modality), columns = chosen expert, values = counts."""
     n = len(tables)
-    fig, axes = plt.subplots(1, n, figsize=(2.7 * n, 2.9), squeeze=False)
-    for ax, (name, tab) in zip(axes[0], tables.items()):
+    cols = min(cols, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (name, tab) in zip(axes.flat, tables.items()):
         tab = _np(tab)
-        sns.heatmap(tab, annot=True, fmt=".0f", cbar=False, cmap="mako", ax=ax, annot_kws={"fontsize": 7},
+        sns.heatmap(tab, annot=True, fmt=".0f", cbar=False, cmap="mako", ax=ax, annot_kws={"fontsize": 8},
                     yticklabels=list(row_labels), xticklabels=[str(i) for i in range(tab.shape[1])])
         sub = f"\n{annotate[name]}" if annotate and name in annotate else ""
-        ax.set_title(f"{name}{sub}", fontsize=8)
+        ax.set_title(f"{name}{sub}", fontsize=9)
         ax.set_xlabel(col_label)
     fig.tight_layout()
     return fig

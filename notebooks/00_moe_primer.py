@@ -222,6 +222,10 @@ VARIANTS = {
     "hard + L_aux": ("hard", "aux"),
 }
 seg_loss = DiceCELoss(sigmoid=True)
+# The router's auxiliary target: the modality's position in `modalities`; with fewer experts than
+# modalities, modality m is asked to use expert m mod N.
+local_modality = torch.full((len(MODALITIES),), -1, dtype=torch.long)
+local_modality[[MODALITIES.index(m) for m in modalities]] = torch.arange(len(modalities))
 
 
 def make_step(extra):
@@ -236,7 +240,7 @@ def make_step(extra):
         elif extra == "switch":
             loss_aux = balance_weight * switch_balance_loss(g.probs, g.indices)
         elif extra == "aux":
-            loss_aux = aux_weight * HardRouter.aux_loss(g, batch["modality"])
+            loss_aux = aux_weight * HardRouter.aux_loss(g, local_modality[batch["modality"]] % n_experts)
         else:
             loss_aux = loss_seg.new_zeros(())
         return {"loss": loss_seg + loss_aux, "seg": loss_seg.detach(), "aux": loss_aux.detach()}
@@ -289,12 +293,12 @@ fig = history_lines(histories, key="train_loss")
 # %%
 g = torch.Generator().manual_seed(seed)
 n_mod = len(modalities)
-mod_labels = torch.tensor([modalities.index(MODALITIES[m]) for m in test_ds.modality_labels])
+mod_labels = local_modality[torch.tensor(test_ds.modality_labels)]
 random_mi = float(np.mean([mutual_information(torch.randint(0, n_experts, (len(test_ds),), generator=g), mod_labels).item() for _ in range(50)]))
 
 rows, loads, tables, notes = [], {}, {}, {}
 for name, (dice, chosen, probs, mods) in results.items():
-    mods = torch.tensor([modalities.index(MODALITIES[m]) for m in mods.tolist()])
+    mods = local_modality[mods]
     mi = mutual_information(chosen, mods).item()
     nmi = normalized_mutual_information(chosen, mods).item()
     load = expert_load(chosen, n_experts)

@@ -219,6 +219,8 @@ def test_hard_router_bad_input():
         router(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="width 4"):
         router(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        HardRouter.aux_loss(router(torch.randn(2, 4)), torch.tensor([0, 2]))
 
 
 # ---------------------------------------------------------------- dispatch / combine

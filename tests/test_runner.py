@@ -208,3 +208,15 @@ def test_timings_table_uses_measured_quick_runs(tmp_path):
     text = registry.render_timings(runs_root=runs)
     assert "0.2 min" in text and "cpu, 2 cores" in text
     assert "not run" in registry.render_timings(runs_root=tmp_path / "empty")
+
+
+def test_primer_runs_end_to_end_with_overrides(tmp_path):
+    """`medmoe run notebooks/00_moe_primer.py -p n_experts 3 -p seed 2` (smoke sizes): metrics.json reflects them."""
+    nb = ROOT / "notebooks" / "00_moe_primer.py"
+    code = main(["run", str(nb), "--profile", "smoke", "-p", "n_experts", "3", "-p", "seed", "2", "--out", str(tmp_path / "p")])
+    assert code == 0
+    rec = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert rec["status"] == "ok" and rec["seed"] == 2 and rec["parameters"]["n_experts"] == 3
+    assert rec["metrics"]["n_experts"] == 3 and rec["metrics"]["seed"] == 2
+    assert 0.0 <= rec["metrics"]["nmi[hard + L_aux]"] <= 1.0
+    assert rec["environment"]["packages"]["torch"]

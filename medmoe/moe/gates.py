@@ -274,4 +274,8 @@ class HardRouter(nn.Module):
         check_rank(labels, 1, "labels")
         if labels.shape[0] != out.logits.shape[0]:
             raise ValueError(f"labels must have {out.logits.shape[0]} entries, got {labels.shape[0]}")
+        k = out.logits.shape[-1]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise ValueError(f"labels must lie in [0, {k}) (one class per expert), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
         return F.cross_entropy(out.logits, labels)
