@@ -6,9 +6,8 @@ A chapter supplies only what is specific to its paper: the model, the optimizer,
 mixed precision, clipping, validation, early stopping, checkpoints, resumption and the history
 files a chapter plots.
 
-Used by every chapter that trains something: the *MoE primer* toy runs, *Ariadne's Thread /
-MLMoE*, *LViT*, *SegMoTE*, *MoME*, and the *Reproducibility* chapter (which interrupts and resumes
-a run to show that nothing changes).
+Explained in the book: *Chapter 0, the MoE primer* (which trains its six routing variants with it) and
+*Environment and commands*; every paper chapter (1-4) trains through it too.
 
 Files written under ``config.out_dir`` (by the main process only)::
 

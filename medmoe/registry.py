@@ -125,11 +125,10 @@ def render_report(*, runs_root: str | Path = "runs", registry: str | Path = REGI
         "",
     ]
     for paper in dict.fromkeys(c.paper for c in cells):
-        lines += [f"## {paper}", "", "| cell | table | row | column | paper | reproduced | run |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"## {paper}", "", "| table cell | paper | reproduced | run |", "|---|---|---|---|"]
         for c in (c for c in cells if c.paper == paper):
             value, how = _reproduced(c, runs)
-            lines.append(f"| `{c.id}` | {c.table} | {c.row} | {c.column} | {_fmt(c.paper_value)} | {value} | {how} |")
+            lines.append(f"| {c.table}, {c.row}: {c.column}<br>`{c.id}` | {_fmt(c.paper_value)} | {value} | {how} |")
         lines.append("")
     lines += ["## Runs in this build", "",
               "Every run found under `runs/`, with its profile, seed, wall time and device.", "",
