@@ -136,6 +136,23 @@ def _ensure_kernel_metadata(nb, kernel_name: str = "python3") -> None:
     nb.metadata.setdefault("language_info", {"name": "python"})
 
 
+def _json_safe(obj: Any) -> Any:
+    """Strict JSON: NaN/inf become ``None`` (with the key kept), tensors and numpy scalars become numbers."""
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return _json_safe(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
 def save_results(run_dir: str | Path, metrics: dict[str, Any], **extra: Any) -> Path:
     """Called from a notebook's last cell: write the run's metrics (and the kernel's peak memory).
 
@@ -144,10 +161,10 @@ def save_results(run_dir: str | Path, metrics: dict[str, Any], **extra: Any) -> 
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"metrics": metrics, "kernel_peak_memory": peak_memory_mb(), **extra}
+    record = _json_safe({"metrics": metrics, "kernel_peak_memory": peak_memory_mb(), **extra})
     path = run_dir / RESULTS_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=float))
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=False))
     os.replace(tmp, path)
     return path
 

@@ -2,8 +2,10 @@
 
 * :mod:`medmoe.data.phantoms` -- procedural 2D (five modalities, lesions, distractors, reports) and 3D
   (abdominal CT, partially labelled sources) phantoms; no download.
-* :mod:`medmoe.data.qata` -- the QaTa-COV19 / LViT folder layout: write phantoms in it, load it back
+* :mod:`medmoe.data.qata` -- the QaTa-COV19 / Ariadne folder layout: write phantoms in it, load it back
   (one loader for the phantoms and the real data).
+* :mod:`medmoe.data.lvit` -- LViT's prepared layout (QaTa-COV19, MosMedData+; both MLMoE split policies)
+  and the helpers ``data_scripts/prepare_{qata,mosmed}.py`` use to arrange the downloads.
 * :mod:`medmoe.data.download` -- the verified, resumable downloader; :mod:`medmoe.data.sources` -- the
   catalogue of real datasets and weights (``python data_scripts/fetch.py --list``).
 
@@ -21,6 +23,10 @@ _EXPORTS = {
         "region_masks", "rgb_to_grey",
     ),
     "qata": ("SPLIT_FOLDERS", "TABLE_COLUMNS", "QaTaDataset", "write_qata_layout"),
+    "lvit": (
+        "LVIT_SPLIT_FOLDERS", "SPLIT_POLICIES", "MASK_NAME_RULES", "LViTDataset", "write_lvit_layout",
+        "read_text_table", "write_text_table",
+    ),
     "download": ("extract", "sha256sum", "DownloadError", "ChecksumError", "ManualDownloadRequired"),
     "sources": ("SOURCES", "Source", "RemoteFile", "fetch", "get_source"),
 }

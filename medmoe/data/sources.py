@@ -431,11 +431,14 @@ register(Source(
     homepage="https://www.kaggle.com/datasets/aysendegerli/qatacov19-dataset",
     licence="see the Kaggle dataset page",
     target="qata_cov19",
-    instructions=_kaggle_steps(ref="aysendegerli/qatacov19-dataset", filename="qatacov19-dataset.zip"),
+    instructions=_kaggle_steps(ref="aysendegerli/qatacov19-dataset", filename="qatacov19-dataset.zip")
+    + "\n4. With the lvit_qata_text workbooks in place too, arrange both for the loaders:"
+    "\n       python data_scripts/prepare_qata.py --root <data root>",
     size="9,258 chest X-rays",
     expect=("QaTa-COV19/QaTa-COV19-v2/Train Set", "QaTa-COV19/QaTa-COV19-v2/Test Set"),
     kaggle_dataset="aysendegerli/qatacov19-dataset",
-    used_by="MLMoE chapter; image covid_1.png pairs with mask mask_covid_1.png (0/255)",
+    used_by="MLMoE chapter (data_scripts/prepare_qata.py); image covid_1.png pairs with mask "
+            "mask_covid_1.png (0/255)",
 ))
 
 register(Source(
@@ -458,9 +461,10 @@ register(Source(
    QaTa-COV19 text annotations (a share link: no account needed, but it cannot be scripted).
 2. Download Train_text_for_Covid19.xlsx and Test_text_for_Covid19.xlsx (and Train_ID.xlsx,
    Val_ID.xlsx if present) and keep their names unchanged.
-Note: the column Image holds the *mask* file name; the image is .replace('mask_', '').""",
+Note: the column Image holds the *mask* file name; the image is .replace('mask_', '').
+3. Then arrange them with the images: python data_scripts/prepare_qata.py --root <data root>""",
     size="4 small .xlsx files",
-    used_by="MLMoE chapter (text-guided segmentation)",
+    used_by="MLMoE chapter (text-guided segmentation; data_scripts/prepare_qata.py)",
 ))
 
 register(Source(
@@ -482,9 +486,11 @@ register(Source(
 1. Open the LViT README (github.com/HUANGLIZI/LViT) and follow its OneDrive link for the
    MosMedData+ text annotations (a share link: it cannot be scripted).
 2. Download the three workbooks and keep their names exactly, spaces included:
-   'Train_text_MosMedData+ 1.xlsx', 'Val_text_MosMedData+ 1.xlsx', 'Test_text_MosMedData+.xlsx'.""",
+   'Train_text_MosMedData+ 1.xlsx', 'Val_text_MosMedData+ 1.xlsx', 'Test_text_MosMedData+.xlsx'.
+3. Then arrange them with the images: python data_scripts/prepare_mosmed.py --root <data root>""",
     size="3 small .xlsx files",
-    used_by="MLMoE chapter; the three workbooks define LViT's train/val/test split",
+    used_by="MLMoE chapter (data_scripts/prepare_mosmed.py); the three workbooks define LViT's "
+            "train/val/test split",
 ))
 
 register(Source(
@@ -492,17 +498,21 @@ register(Source(
     description="MosMedData+: CT slices (PNG) with COVID-19 lesion masks (MLMoE / LViT)",
     access="token",
     files=(RemoteFile("covid19-ct-scan-lesion-segmentation-dataset.zip", extract=True,
-                      note="the archive Kaggle serves; folder names inside are unconfirmed"),),
+                      note="the archive Kaggle serves; folder names inside are unconfirmed "
+                           "(data_scripts/prepare_mosmed.py looks for them and lists what it finds)"),),
     homepage="https://www.kaggle.com/datasets/maedemaftouni/covid19-ct-scan-lesion-segmentation-dataset",
     licence="see the Kaggle dataset page (original: medicalsegmentation.com/covid19)",
     target="mosmed_plus",
     instructions=_kaggle_steps(
         ref="maedemaftouni/covid19-ct-scan-lesion-segmentation-dataset",
         filename="covid19-ct-scan-lesion-segmentation-dataset.zip",
-    ),
+    )
+    + "\n4. With the lvit_mosmed_text workbooks in place too, arrange both for the loaders:"
+    "\n       python data_scripts/prepare_mosmed.py --root <data root>"
+    "\n   (an archive you unpacked yourself is accepted: the script finds the image/mask folders)",
     size="2,729 CT slices",
     kaggle_dataset="maedemaftouni/covid19-ct-scan-lesion-segmentation-dataset",
-    used_by="MLMoE chapter; split by the lvit_mosmed_text workbooks",
+    used_by="MLMoE chapter (data_scripts/prepare_mosmed.py); split by the lvit_mosmed_text workbooks",
 ))
 
 register(Source(
