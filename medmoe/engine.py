@@ -93,6 +93,9 @@ class TrainConfig:
         min_epochs: never stop early before this many epochs.
         seed: seeds Python/NumPy/torch and the per-epoch shuffle.
         resume: continue from ``out_dir/last`` when a checkpoint is there.
+        run_key: a fingerprint of what defines the run (model, data, hyperparameters; e.g.
+            :func:`medmoe.runner.fingerprint`). A checkpoint saved under another key is never resumed: ``fit``
+            raises instead of silently continuing a different experiment.
         progress: show tqdm progress bars and one summary line per epoch.
         max_steps_per_epoch: cap on optimizer steps per epoch (quick smoke runs); ``None``: whole loader.
         scheduler_interval: ``"step"`` (call ``scheduler.step()`` after every optimizer step) or
@@ -119,6 +122,7 @@ class TrainConfig:
     progress: bool = True
     max_steps_per_epoch: int | None = None
     scheduler_interval: str = "step"
+    run_key: str | None = None
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -552,6 +556,12 @@ def fit(
     found = _find_checkpoint(out_dir) if config.resume else None
     if found is not None:
         path, state = found
+        if config.run_key is not None and state.get("run_key") != config.run_key:
+            raise ValueError(
+                f"checkpoint in {path} belongs to another run (run_key {state.get('run_key')!r}, this run "
+                f"{config.run_key!r}): its model, data or hyperparameters differ, so it is not resumed; "
+                f"use another out_dir or resume=False"
+            )
         if state["monitor"] != monitor or state["mode"] != config.mode:
             raise ValueError(
                 f"checkpoint in {path} monitored {state['monitor']!r} ({state['mode']}), this run monitors "
@@ -615,6 +625,7 @@ def fit(
             "stopped_early": stopped_early,
             "monitor": monitor,
             "mode": config.mode,
+            "run_key": config.run_key,
             "history": history,
             "config": config.to_dict(),
         }

@@ -37,6 +37,7 @@ __all__ = [
     "resolve_parameters",
     "run_notebook",
     "prepare_notebook",
+    "fingerprint",
     "save_results",
     "main",
 ]
@@ -128,6 +129,14 @@ def resolve_parameters(notebook: str | Path, profile: str, overrides: dict[str, 
                               f"the parameters cell defines: {sorted(defaults)}")
     injected = {**profiles[profile], **overrides, "profile": profile}
     return nb, injected, {**defaults, **injected}
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    """A short stable hash of JSON-able values (e.g. the parameters that define a training run), for
+    :class:`medmoe.engine.TrainConfig` ``run_key`` and checkpoint folder names."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(_json_safe(values), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _ensure_kernel_metadata(nb, kernel_name: str = "python3") -> None:

@@ -173,7 +173,7 @@ fig.tight_layout()
 # `dispatch_combine` groups the inputs by the expert they were routed to (a stable sort of the expert ids,
 # no one-hot matrix) and calls each expert on its share only. So a top-1 mixture costs about one expert
 # per input whatever the number of experts, while a soft mixture runs all of them. Measured here on the
-# primer's model, forward pass on 64 images at inference:
+# primer's model, forward pass on (up to) 64 test images at inference:
 
 # %%
 import time
@@ -183,7 +183,7 @@ from medmoe.moe import dispatch_combine  # noqa: F401  (what ToyMoESegmenter.for
 
 def forward_ms(gate, n, reps=5):
     m = ToyMoESegmenter(in_channels=1, width=width, num_experts=n, gate=gate, router_init_std=router_init_std).eval()
-    xb = torch.stack([test_ds[i]["image"] for i in range(64)])
+    xb = torch.stack([test_ds[i]["image"] for i in range(min(64, len(test_ds)))])
     with torch.no_grad():
         m(xb)
         t0 = time.perf_counter()

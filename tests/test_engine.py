@@ -487,3 +487,18 @@ def test_two_processes_agree_and_resume(tmp_path):
     assert rank0["b"] == rank0["a"] and rank0["val_b"] == rank0["val_a"]  # resume == uninterrupted
     assert {p.name for p in (tmp_path / "B" / "last").iterdir()} >= {"random_states_0.pkl", "random_states_1.pkl"}
     assert len(json.loads((tmp_path / "B" / "history.json").read_text())) == 3
+
+
+def test_checkpoint_of_another_run_is_never_resumed(tmp_path):
+    loader = DataLoader(_regression_data(), batch_size=16, shuffle=True)
+    model = _mlp()
+    fit(model, torch.optim.SGD(model.parameters(), lr=0.05), loader, step_fn=mse_step,
+        config=_cfg(tmp_path, epochs=2, run_key="lr=0.05"))
+    other = _mlp()
+    with pytest.raises(ValueError, match="belongs to another run"):
+        fit(other, torch.optim.SGD(other.parameters(), lr=0.5), loader, step_fn=mse_step,
+            config=_cfg(tmp_path, epochs=3, run_key="lr=0.5"))
+    same = _mlp()  # the same key resumes and extends
+    res = fit(same, torch.optim.SGD(same.parameters(), lr=0.05), loader, step_fn=mse_step,
+              config=_cfg(tmp_path, epochs=3, run_key="lr=0.05"))
+    assert res.resumed_from == 2 and len(res.history) == 3

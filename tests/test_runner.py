@@ -161,6 +161,8 @@ def test_registry_is_valid_and_notebook_parameters_exist():
         if c.notebook_exists():
             nb = ROOT / c.notebook
             resolve_parameters(nb, c.profile, c.parameters)
+            if c.quick is not None:
+                resolve_parameters(nb, "quick", c.quick)
 
 
 def test_registry_rejects_bad_entries(tmp_path):
@@ -197,6 +199,7 @@ def test_report_shows_paper_vs_reproduced_and_not_run(tmp_path):
     text = registry.render_report(runs_root=runs, registry=reg)
     row = next(line for line in text.splitlines() if "`demo.score`" in line)
     assert "0.90" in row and "0.85 ± 0.07" in row and "2 seed(s), cpu" in row
+    assert row.rstrip().endswith("| - |")  # no quick analogue declared for this cell
     assert "not run" in next(line for line in text.splitlines() if "`demo.other`" in line)
     assert "chapter not written yet" in next(line for line in text.splitlines() if "`future.x`" in line)
     assert text.count("| `00_moe_primer.py` |") == 3  # every run is listed
@@ -220,3 +223,17 @@ def test_primer_runs_end_to_end_with_overrides(tmp_path):
     assert rec["metrics"]["n_experts"] == 3 and rec["metrics"]["seed"] == 2
     assert 0.0 <= rec["metrics"]["nmi[hard + L_aux]"] <= 1.0
     assert rec["environment"]["packages"]["torch"]
+
+
+def test_report_shows_the_quick_profile_analogue(tmp_path):
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(yaml.safe_dump({"cells": [
+        {"id": "demo.pct", "paper": "Demo", "table": "T1", "row": "ours", "column": "score (%)", "paper_value": 90.0,
+         "notebook": "notebooks/00_moe_primer.py", "profile": "paper", "parameters": {"n_experts": 4}, "metric": "score",
+         "scale": 100, "quick": {"n_experts": 4}},
+    ]}))
+    runs = tmp_path / "runs"
+    _fake_run(runs, "q", 0, 0.5, profile="quick", params={"n_experts": 4})
+    row = next(line for line in registry.render_report(runs_root=runs, registry=reg).splitlines() if "`demo.pct`" in line)
+    assert "not run" in row.split("|")[3]  # no paper-profile run
+    assert "50.00 (1 seed(s), cpu)" in row  # the quick run, scaled to %
