@@ -66,6 +66,7 @@ router_init_std = 0.5
 device = "auto"
 
 # %%
+# %matplotlib inline
 import math
 from pathlib import Path
 

@@ -78,6 +78,7 @@ fixed_prompts = ["pneumonia", "a photo of infected areas", "a photo of lung"]
 device = "auto"
 
 # %%
+# %matplotlib inline
 import os
 from pathlib import Path
 
