@@ -46,9 +46,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 try:
@@ -196,24 +194,19 @@ def run(args: argparse.Namespace) -> int:
     lvit_out = None
     if args.lvit_layout is not None:
         lvit_out = Path(args.lvit_layout).expanduser() if args.lvit_layout else root / "lvit" / "MosMedDataPlus"
-    if lvit_out is not None and lvit_out.resolve() == out.resolve():
-        print("error: --out and --lvit-layout must be different folders", file=sys.stderr)
-        return EXIT_USAGE
-
     text_dir = lvit.check_workbooks(args.text_dir, source="lvit_mosmed_text", root=root, verify=not args.no_verify)
-    outputs = [(out, "ariadne")] + ([(lvit_out, "lvit")] if lvit_out is not None else [])
-    prints = {o: _fingerprint(args, root, text_dir, layout) for o, layout in outputs}
-    todo = [(o, layout) for o, layout in outputs if args.force or not lvit.prepared_is_current(o, prints[o])]
+    try:
+        outputs, prints, todo = lvit.plan_outputs(
+            out=out, lvit_out=lvit_out, force=args.force,
+            fingerprint=lambda layout: _fingerprint(args, root, text_dir, layout))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if not todo:
         print(f"up to date: {', '.join(str(o) for o, _ in outputs)} (same inputs; --force rebuilds)")
         return EXIT_OK
 
-    scratch_dirs: list[Path] = []
-
-    def scratch() -> Path:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        scratch_dirs.append(Path(tempfile.mkdtemp(prefix=".prepare_mosmed-", dir=out.parent)))
-        return scratch_dirs[-1]
+    scratch = lvit.ScratchDirs(out.parent, ".prepare_mosmed-")
 
     try:
         folder = lvit.resolve_download(
@@ -279,8 +272,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"note: {summary['masks_binarised']} mask(s) were not stored as 0/255 and were "
                       "binarised (value > 0 -> 255)")
     finally:
-        for d in scratch_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        scratch.cleanup()
     return EXIT_OK
 
 

@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 try:
@@ -203,24 +201,19 @@ def run(args: argparse.Namespace) -> int:
     lvit_out = None
     if args.lvit_layout is not None:
         lvit_out = Path(args.lvit_layout).expanduser() if args.lvit_layout else root / "lvit" / "QaTa-Covid19"
-    if lvit_out is not None and lvit_out.resolve() == out.resolve():
-        print("error: --out and --lvit-layout must be different folders", file=sys.stderr)
-        return EXIT_USAGE
-
     text_dir = lvit.check_workbooks(args.text_dir, source="lvit_qata_text", root=root, verify=not args.no_verify)
-    outputs = [(out, "ariadne")] + ([(lvit_out, "lvit")] if lvit_out is not None else [])
-    prints = {o: _fingerprint(args, root, text_dir, layout) for o, layout in outputs}
-    todo = [(o, layout) for o, layout in outputs if args.force or not lvit.prepared_is_current(o, prints[o])]
+    try:
+        outputs, prints, todo = lvit.plan_outputs(
+            out=out, lvit_out=lvit_out, force=args.force,
+            fingerprint=lambda layout: _fingerprint(args, root, text_dir, layout))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if not todo:
         print(f"up to date: {', '.join(str(o) for o, _ in outputs)} (same inputs; --force rebuilds)")
         return EXIT_OK
 
-    scratch_dirs: list[Path] = []
-
-    def scratch() -> Path:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        scratch_dirs.append(Path(tempfile.mkdtemp(prefix=".prepare_qata-", dir=out.parent)))
-        return scratch_dirs[-1]
+    scratch = lvit.ScratchDirs(out.parent, ".prepare_qata-")
 
     try:
         qata_dir = lvit.resolve_download(
@@ -272,8 +265,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"wrote {target} (LViT layout): Train_Folder {summary['train']}, Val_Folder "
                       f"{summary['val']}, Test_Folder {summary['test']} rows, {summary['files']} files")
     finally:
-        for d in scratch_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        scratch.cleanup()
     return EXIT_OK
 
 

@@ -904,3 +904,44 @@ def check_workbooks(
     if not folder.is_dir():
         raise FileNotFoundError(f"workbook folder not found: {folder}")
     return fetch_source(dataclasses.replace(entry, target="."), folder, verify=verify, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared by data_scripts/prepare_qata.py and data_scripts/prepare_mosmed.py
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ScratchDirs:
+    """Temporary folders next to an output folder (same file system, so results can be moved in atomically);
+    call to make one, :meth:`cleanup` removes them all."""
+
+    def __init__(self, parent: Path, prefix: str) -> None:
+        self.parent, self.prefix, self.made = Path(parent), prefix, []
+
+    def __call__(self) -> Path:
+        import tempfile
+
+        self.parent.mkdir(parents=True, exist_ok=True)
+        self.made.append(Path(tempfile.mkdtemp(prefix=self.prefix, dir=self.parent)))
+        return self.made[-1]
+
+    def cleanup(self) -> None:
+        import shutil
+
+        for d in self.made:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def plan_outputs(*, out: Path, lvit_out: Path | None, fingerprint, force: bool):
+    """The outputs a prepare script must (re)build: ``(outputs, prints, todo)``.
+
+    ``outputs`` pairs each folder with its layout (``"ariadne"``, and ``"lvit"`` when asked for); ``prints`` is each
+    output's input fingerprint (``fingerprint(layout)``); ``todo`` the outputs that are missing or out of date
+    (all of them with ``force``). Raises ``ValueError`` when both layouts would go to the same folder.
+    """
+    if lvit_out is not None and lvit_out.resolve() == out.resolve():
+        raise ValueError("--out and --lvit-layout must be different folders")
+    outputs = [(out, "ariadne")] + ([(lvit_out, "lvit")] if lvit_out is not None else [])
+    prints = {o: fingerprint(layout) for o, layout in outputs}
+    todo = [(o, layout) for o, layout in outputs if force or not prepared_is_current(o, prints[o])]
+    return outputs, prints, todo
