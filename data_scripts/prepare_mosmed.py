@@ -52,15 +52,14 @@ from pathlib import Path
 try:
     from medmoe.data.download import ChecksumError, DownloadError, ManualDownloadRequired, sha256sum
     from medmoe.data import lvit
+    from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from medmoe.data.download import ChecksumError, DownloadError, ManualDownloadRequired, sha256sum
     from medmoe.data import lvit
+    from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MANUAL = 0, 1, 2, 3
-
-#: The data root when --root is not given: $MEDMOE_DATA, else ./data (git-ignored).
-DEFAULT_ROOT = os.environ.get("MEDMOE_DATA", "data")
+DEFAULT_ROOT = default_data_root()
 
 #: LViT's workbook for each split (the names of the lvit_mosmed_text catalogue entry, spaces included).
 WORKBOOKS = {
