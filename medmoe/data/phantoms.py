@@ -210,6 +210,15 @@ def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=64)
+def _jittered_grid(rng: np.random.Generator, size: int, *, shift: float, cells: int):
+    """Image coordinates with a random zoom (0.93-1.05) and shift (+-``shift``), and a smooth field for
+    deforming shapes: ``(y, x, f)``, each ``(size, size)``. Draws from ``rng`` in that order."""
+    yy, xx = _grid(size)
+    scale = rng.uniform(0.93, 1.05)
+    oy, ox = rng.uniform(-shift, shift, 2)
+    return (yy - oy) / scale, (xx - ox) / scale, _smooth_field(rng, (size, size), cells=cells)
+
+
 def _blur_matrix(n: int, sigma: float) -> np.ndarray:
     """``(n, n)`` Gaussian smoothing matrix, rows normalised to 1 (so borders are not darkened)."""
     t = np.arange(n, dtype=np.float64)
@@ -509,11 +518,7 @@ def _soft(blob: np.ndarray) -> np.ndarray:
 
 
 def _build_cxr(rng: np.random.Generator, size: int):
-    yy, xx = _grid(size)
-    scale = rng.uniform(0.93, 1.05)
-    oy, ox = rng.uniform(-0.04, 0.04, 2)
-    y, x = (yy - oy) / scale, (xx - ox) / scale
-    f = _smooth_field(rng, (size, size), cells=6)
+    y, x, f = _jittered_grid(rng, size, shift=0.04, cells=6)
     tilt = rng.uniform(-0.08, 0.08)
 
     body = _ellipse_radius(y, x, 0.15, 0.0, 1.05, 0.92) < 1.0 + 0.03 * f
@@ -548,11 +553,7 @@ def _build_cxr(rng: np.random.Generator, size: int):
 
 
 def _build_ct(rng: np.random.Generator, size: int):
-    yy, xx = _grid(size)
-    scale = rng.uniform(0.93, 1.05)
-    oy, ox = rng.uniform(-0.04, 0.04, 2)
-    y, x = (yy - oy) / scale, (xx - ox) / scale
-    f = _smooth_field(rng, (size, size), cells=6)
+    y, x, f = _jittered_grid(rng, size, shift=0.04, cells=6)
 
     rho_body = _ellipse_radius(y, x, 0.05, 0.0, 0.72, 0.93) * (1.0 - 0.02 * f)
     body = rho_body < 1.0
@@ -600,11 +601,7 @@ def _build_ct(rng: np.random.Generator, size: int):
 
 
 def _build_mri(rng: np.random.Generator, size: int):
-    yy, xx = _grid(size)
-    scale = rng.uniform(0.93, 1.05)
-    oy, ox = rng.uniform(-0.03, 0.03, 2)
-    y, x = (yy - oy) / scale, (xx - ox) / scale
-    f = _smooth_field(rng, (size, size), cells=5)
+    y, x, f = _jittered_grid(rng, size, shift=0.03, cells=5)
 
     rho = _ellipse_radius(y, x, 0.0, 0.0, 0.90, 0.74) / (1.0 + 0.03 * f)
     phi = np.arctan2(y, x)
