@@ -698,13 +698,13 @@ def convnext_features(model, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 #: Swin sizes for :func:`build_swin`. ``swin-tiny`` is MedMoE's backbone (the config of HF
-#: ``microsoft/swin-tiny-patch4-window7-224``, drop path 0.1); ``swin-quick`` is for CPU runs, ``swin-test``
+#: ``microsoft/swin-tiny-patch4-window7-224``, drop path 0.1); ``swin-quick`` is for CPU runs (window 2, 64 px), ``swin-test``
 #: (window 2, so inputs from 33 pixels work) for unit tests.
 SWIN_CONFIGS: dict[str, dict] = {
     "swin-tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, patch_size=4,
                       image_size=224, drop_path_rate=0.1),
-    "swin-quick": dict(embed_dim=32, depths=[1, 1, 3, 1], num_heads=[1, 2, 4, 8], window_size=7, patch_size=4,
-                       image_size=224, drop_path_rate=0.0),
+    "swin-quick": dict(embed_dim=32, depths=[1, 1, 3, 1], num_heads=[1, 2, 4, 8], window_size=2, patch_size=4,
+                       image_size=64, drop_path_rate=0.0),
     "swin-test": dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=2, patch_size=4,
                       image_size=64, drop_path_rate=0.0),
 }

@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DataLoaderConfiguration, extract_model_from_parallel, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, extract_model_from_parallel, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -100,6 +100,8 @@ class TrainConfig:
         max_steps_per_epoch: cap on optimizer steps per epoch (quick smoke runs); ``None``: whole loader.
         scheduler_interval: ``"step"`` (call ``scheduler.step()`` after every optimizer step) or
             ``"epoch"`` (once per epoch, after validation; ``ReduceLROnPlateau`` gets ``monitor``).
+        find_unused_parameters: passed to DDP. Needed when some parameters get no gradient in a step, as
+            MedMoE's unselected experts (its code trains with ``find_unused_parameters=True``).
 
     Example:
         >>> cfg = TrainConfig(out_dir="runs/demo", epochs=3, mode="max", monitor="val_dice")
@@ -123,6 +125,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     scheduler_interval: str = "step"
     run_key: str | None = None
+    find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -341,6 +344,7 @@ def _make_accelerator(config: TrainConfig) -> Accelerator:
         gradient_accumulation_steps=config.grad_accum_steps,
         mixed_precision=precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)],
     )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and accelerator.num_processes == 1:

@@ -322,3 +322,44 @@ def test_3d_bad_arguments_and_prompt():
     assert ct_prompt("liver tumour") == "A computerized tomography of a liver tumour"
     with pytest.raises(ValueError, match="non-empty string"):
         ct_prompt("")
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_fixed_lesion_regions_and_no_distractors(modality):
+    from medmoe.data.phantoms import region_masks
+
+    regions = LESION_REGIONS[modality][:2]
+    ph = make_phantom_2d(modality=modality, seed=4, size=64, lesion_regions=regions, distractors=False)
+    assert ph.lesion_regions == regions and ph.distractor_regions == () and ph.distractor.sum() == 0
+    masks = region_masks(ph.anatomy, modality)
+    for r in regions:  # a lesion pixel inside each named region, none outside them
+        assert (ph.lesion.astype(bool) & masks[r]).any()
+    assert not (ph.lesion.astype(bool) & ~(masks[regions[0]] | masks[regions[1]])).any()
+    with pytest.raises(ValueError, match="lesion_regions"):
+        make_phantom_2d(modality=modality, seed=4, size=64, lesion_regions=("nowhere",))
+
+
+def test_default_phantom_unchanged_by_the_new_options():
+    a = make_phantom_2d(modality="ct", seed=11, size=64)
+    b = make_phantom_2d(modality="ct", seed=11, size=64, lesion_regions=None, distractors=True)
+    assert np.array_equal(a.image, b.image) and a.report == b.report
+
+
+@pytest.mark.parametrize("task,n_classes", [("region", None), ("count", 3)])
+def test_finding_set_labels_prompts_and_images(task, n_classes):
+    from medmoe.data.phantoms import PhantomFindingSet
+
+    fs = PhantomFindingSet(modality="cxr", n_per_class=2, task=task, size=64, channels=3)
+    n_classes = n_classes or len(LESION_REGIONS["cxr"])
+    assert len(fs.classes) == len(fs.prompts) == n_classes and len(fs) == 2 * n_classes
+    assert sorted(fs.labels) == sorted(list(range(n_classes)) * 2)
+    item = fs[1]
+    assert item["image"].shape == (3, 64, 64) and item["label"] == fs.labels[1]
+    if task == "region":
+        assert all(len(p) == 1 and fs.classes[c] in p[0] for c, p in enumerate(fs.prompts))
+    else:  # every report with that many lesions: C(6, n)
+        assert [len(p) for p in fs.prompts] == [6, 15, 20]
+    again = PhantomFindingSet(modality="cxr", n_per_class=2, task=task, size=64, channels=3)
+    assert torch.equal(again[3]["image"], fs[3]["image"])
+    with pytest.raises(ValueError, match="task"):
+        PhantomFindingSet(modality="cxr", n_per_class=1, task="size")

@@ -6,6 +6,11 @@
   (one loader for the phantoms and the real data).
 * :mod:`medmoe.data.lvit` -- LViT's prepared layout (QaTa-COV19, MosMedData+; both MLMoE split policies)
   and the helpers ``data_scripts/prepare_{qata,mosmed}.py`` use to arrange the downloads.
+* :mod:`medmoe.data.unimed` -- UniMed caption tables (MedMoE pretraining): one sample per caption, with
+  the six-class modality label.
+* :mod:`medmoe.data.evalsets` -- MedMoE's zero-shot / linear-probe benchmarks in UniMed-CLIP's processed
+  formats (CheXpert 5x200, RSNA, thyroid/breast US, ACL/meniscus MRI, MedIMeta CT organs), their class
+  prompts and stratified label subsampling.
 * :mod:`medmoe.data.download` -- the verified, resumable downloader; :mod:`medmoe.data.sources` -- the
   catalogue of real datasets and weights (``python data_scripts/fetch.py --list``).
 
@@ -19,13 +24,21 @@ import importlib
 _EXPORTS = {
     "phantoms": (
         "ANATOMY_CLASSES", "CLASSES_3D", "HU_3D", "LESION_REGIONS", "MODALITIES", "SOURCE_DATASETS", "Phantom2D",
-        "Phantom3D", "PhantomDataset2D", "PhantomVolumeDataset", "ct_prompt", "make_phantom_2d", "make_phantom_3d",
+        "Phantom3D", "PhantomDataset2D", "PhantomFindingSet", "PhantomVolumeDataset", "ct_prompt", "make_phantom_2d", "make_phantom_3d",
         "region_masks", "rgb_to_grey",
     ),
     "qata": ("SPLIT_FOLDERS", "TABLE_COLUMNS", "QaTaDataset", "write_qata_layout"),
     "lvit": (
         "LVIT_SPLIT_FOLDERS", "SPLIT_POLICIES", "MASK_NAME_RULES", "LViTDataset", "write_lvit_layout",
         "read_text_table", "write_text_table",
+    ),
+    "unimed": (
+        "UNIMED_MODALITIES", "UNIMED_CAPTION_FILES", "UniMedCaptions", "load_image_rgb", "modality_from_path",
+        "write_unimed_fixture",
+    ),
+    "evalsets": (
+        "CLASS_PROMPTS", "EVAL_SETS", "EVAL_SET_CLASSES", "ORGAN_CLASSES", "ClassificationSet", "build_eval_set",
+        "subsample_labels",
     ),
     "download": ("extract", "sha256sum", "DownloadError", "ChecksumError", "ManualDownloadRequired"),
     "sources": ("SOURCES", "Source", "RemoteFile", "fetch", "get_source"),

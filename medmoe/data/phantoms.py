@@ -75,6 +75,7 @@ __all__ = [
     "make_phantom_2d",
     "region_masks",
     "PhantomDataset2D",
+    "PhantomFindingSet",
     "CLASSES_3D",
     "HU_3D",
     "SOURCE_DATASETS",
@@ -422,17 +423,26 @@ def _draw_blob(
 
 
 def _place_lesions(
-    rng: np.random.Generator, modality: str, regions: dict[str, np.ndarray]
+    rng: np.random.Generator, modality: str, regions: dict[str, np.ndarray],
+    lesion_regions: Sequence[str] | None = None, distractors: bool = True,
 ) -> tuple[tuple[str, ...], tuple[str, ...], list[np.ndarray], list[np.ndarray]]:
     """Choose lesion and distractor regions (all different) and draw one blob in each.
 
     1-3 lesions (probabilities 0.4 / 0.35 / 0.25); 0-2 distractors (0.5 / 0.3 / 0.2), so about half of the
     images have at least one distractor. Returns region names in :data:`LESION_REGIONS` order and blobs.
+    ``lesion_regions`` fixes the lesion regions and ``distractors=False`` draws none (the random draws are
+    made all the same, so the default path is unchanged).
     """
     available = [name for name in LESION_REGIONS[modality] if regions[name].any()]
     n_lesions = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
     n_distractors = int(rng.choice([0, 1, 2], p=[0.5, 0.3, 0.2]))
     order = rng.permutation(len(available))
+    if not distractors:
+        n_distractors = 0
+    if lesion_regions is not None:
+        fixed = [available.index(r) for r in lesion_regions]
+        order = np.array(fixed + [i for i in order if i not in fixed])
+        n_lesions = len(fixed)
     n_lesions = min(n_lesions, len(available))
     lesion_idx = sorted(order[:n_lesions])
     distractor_idx = sorted(order[n_lesions : n_lesions + n_distractors])
@@ -730,7 +740,8 @@ def _build_derm(rng: np.random.Generator, size: int):
 _BUILDERS = {"cxr": _build_cxr, "ct": _build_ct, "mri": _build_mri, "us": _build_us, "derm": _build_derm}
 
 
-def make_phantom_2d(*, modality: str, seed: int, size: int = 128) -> Phantom2D:
+def make_phantom_2d(*, modality: str, seed: int, size: int = 128, lesion_regions: Sequence[str] | None = None,
+                    distractors: bool = True) -> Phantom2D:
     """Generate one 2D phantom: image, anatomy mask, lesion mask (with distractors) and report.
 
     Steps: draw the anatomy, compute the named regions (:func:`region_masks`), pick 1-3 lesion regions
@@ -741,6 +752,9 @@ def make_phantom_2d(*, modality: str, seed: int, size: int = 128) -> Phantom2D:
         modality: one of :data:`MODALITIES`.
         seed: non-negative int; the output is a deterministic function of ``(modality, seed, size)``.
         size: height = width in pixels, >= 32.
+        lesion_regions: put the lesions in exactly these named regions (1-3 of ``LESION_REGIONS[modality]``)
+            instead of drawing them; for labelled evaluation sets (:func:`finding_benchmark`).
+        distractors: ``False`` draws no distractor blobs.
 
     Returns:
         :class:`Phantom2D` with ``image`` ``(C, size, size)`` float32 in [0, 1] (C = 3 for ``derm``, else
@@ -754,12 +768,20 @@ def make_phantom_2d(*, modality: str, seed: int, size: int = 128) -> Phantom2D:
     modality = _check_modality(modality)
     seed = _check_seed(seed)
     size = _check_size(size)
+    if lesion_regions is not None:
+        if isinstance(lesion_regions, str):
+            lesion_regions = (lesion_regions,)
+        lesion_regions = tuple(lesion_regions)
+        unknown = [r for r in lesion_regions if r not in LESION_REGIONS[modality]]
+        if unknown or not 1 <= len(lesion_regions) <= 3 or len(set(lesion_regions)) != len(lesion_regions):
+            raise ValueError(f"lesion_regions must be 1-3 distinct names of {LESION_REGIONS[modality]} for "
+                             f"{modality!r}, got {lesion_regions!r}")
     rng = np.random.default_rng([seed, MODALITIES.index(modality)])
 
     with _single_threaded_blas():
         anatomy, image, paint, finish = _BUILDERS[modality](rng, size)
         regions = region_masks(anatomy, modality)
-        placed = _place_lesions(rng, modality, regions)
+        placed = _place_lesions(rng, modality, regions, lesion_regions, distractors)
         lesion_names, distractor_names, lesion_blobs, distractor_blobs = placed
         tex = _paint_texture(rng, size)
         for blob in lesion_blobs + distractor_blobs:
@@ -879,6 +901,92 @@ class PhantomDataset2D(Dataset):
             "modality_name": ph.modality,
             "index": index,
         }
+
+
+class PhantomFindingSet(Dataset):
+    """A labelled finding-classification set of one modality, for zero-shot classification and linear probing.
+
+    The phantom counterpart of the classification benchmarks of MedMoE's Tables 1-2 (*Chapter 2, MedMoE*).
+    Images have no distractor, so the label is unambiguous from the image. Two tasks:
+
+    * ``task="region"`` -- "where is the lesion?": class ``c`` is the named region
+      ``LESION_REGIONS[modality][c]`` (6 classes for ``cxr``/``ct``/``mri``, 5 for ``us``/``derm``) and each image
+      has exactly one lesion, in that region;
+    * ``task="count"`` -- "how many lesions?": class ``c`` is ``c + 1`` lesions (3 classes) in random regions.
+
+    The class prompts are the reports a training image with that finding would have: ``prompts[c]`` lists every
+    such report (one for a region; one per combination of regions for a count, to be averaged as a prompt
+    ensemble), e.g. ``"Unilateral pulmonary infection, one infected area, upper left lung."``.
+
+    Args:
+        modality: one of :data:`MODALITIES`.
+        n_per_class: images per class (balanced classes), >= 1.
+        task: ``"region"`` or ``"count"``.
+        size: image side, >= 32.
+        seed: item ``i`` comes from ``SeedSequence([seed, 7919, i])`` -- a stream no :class:`PhantomDataset2D`
+            uses, so a finding set never repeats a training image of the same seed.
+        channels: ``None``, 1 or 3, as in :class:`PhantomDataset2D`.
+
+    Items (dict): ``image`` float32 ``(C, H, W)``; ``label`` int; ``modality`` int; ``index`` int.
+    Attributes: ``classes`` (names), ``prompts`` (per class, a tuple of reports), ``labels``.
+
+    Example:
+        >>> fs = PhantomFindingSet(modality="us", n_per_class=2, size=64)
+        >>> len(fs), fs.classes[fs[3]["label"]], fs.prompts[0]
+        (10, 'lower right quadrant', ('Hypoechoic lesion, one lesion, upper left quadrant.',))
+        >>> PhantomFindingSet(modality="cxr", n_per_class=1, task="count", size=64).classes
+        ('one lesion', 'two lesions', 'three lesions')
+    """
+
+    def __init__(self, *, modality: str, n_per_class: int, task: str = "region", size: int = 128, seed: int = 0,
+                 channels: int | None = None) -> None:
+        import itertools
+
+        modality = _check_modality(modality)
+        if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
+            raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}")
+        if task not in ("region", "count"):
+            raise ValueError(f"task must be 'region' or 'count', got {task!r}")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+        self.modality, self.task = modality, task
+        self.size = _check_size(size)
+        self.seed = _check_seed(seed)
+        regions = LESION_REGIONS[modality]
+        if task == "region":
+            self.classes: tuple[str, ...] = regions
+            self.prompts: tuple[tuple[str, ...], ...] = tuple((_report(modality, (c,)),) for c in regions)
+        else:
+            self.classes = ("one lesion", "two lesions", "three lesions")
+            self.prompts = tuple(tuple(_report(modality, combo) for combo in itertools.combinations(regions, n))
+                                 for n in (1, 2, 3))
+        self.labels: list[int] = [c for _ in range(int(n_per_class)) for c in range(len(self.classes))]
+        self._images: list[np.ndarray] = []
+        for i, c in enumerate(self.labels):
+            item_seed = _item_seed(self.seed, 7919, i)
+            if task == "region":
+                where = (regions[c],)
+            else:
+                pick = np.random.default_rng(item_seed).permutation(len(regions))[:c + 1]
+                where = tuple(regions[j] for j in sorted(pick))
+            ph = make_phantom_2d(modality=modality, seed=item_seed, size=self.size, lesion_regions=where,
+                                 distractors=False)
+            image = ph.image
+            if channels == 1 and image.shape[0] == 3:
+                image = rgb_to_grey(image)
+            elif channels == 3 and image.shape[0] == 1:
+                image = np.repeat(image, 3, axis=0)
+            self._images.append(image)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a set of {len(self)} items")
+        index = index % len(self)
+        return {"image": torch.from_numpy(self._images[index].copy()), "label": self.labels[index],
+                "modality": MODALITIES.index(self.modality), "index": index}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -663,3 +663,125 @@ register(Source(
     kaggle_competition="rsna-pneumonia-detection-challenge",
     used_by="MedMoE chapter (pneumonia evaluation)",
 ))
+
+# --- Chapter 2, MedMoE: pretraining captions and the evaluation sets (medmoe.data.unimed, medmoe.data.evalsets)
+
+register(Source(
+    name="unimed_captions",
+    description="UniMed caption tables MedMoE pretrains on (RadImageNet, CheXpert frontal, ChestX-ray8; CSV)",
+    access="manual",
+    files=(
+        RemoteFile("radimagenet_with_captions_training_set.csv",
+                   note="columns filename, captions (Python list literals); images: RadImageNet "
+                        "radiology_ai/{CT,MR,US} (request form at radimagenet.com)"),
+        RemoteFile("chexpert_with_captions_only_frontal_view.csv",
+                   note="images: CheXpert-v1.0-small (Kaggle ashery/chexpert or Stanford AIMI)"),
+        RemoteFile("Chest-Xray8_with_captions.csv",
+                   note="images: NIH ChestX-ray8 images/ folder (nihcc.app.box.com/v/ChestXray-NIHCC)"),
+    ),
+    homepage="https://github.com/mbzuai-oryx/UniMed-CLIP/blob/main/docs/UniMed-DATA.md",
+    licence="see UniMed-CLIP; every image keeps its source dataset's terms",
+    target="unimed_captions",
+    instructions="""\
+1. Open UniMed-CLIP's docs/UniMed-DATA.md (github.com/mbzuai-oryx/UniMed-CLIP) and follow its MBZUAI
+   SharePoint links for the processed captions (share links: they cannot be scripted):
+   sections CheXpert, ChestX-ray8 and RadImageNet.
+2. Save the three CSV files with their names unchanged in the folder below.
+3. The images come separately from each source dataset (CheXpert: Kaggle or Stanford AIMI;
+   ChestX-ray8: NIH Box, open; RadImageNet: request form). Pass their folders as image_root to
+   medmoe.data.unimed.UniMedCaptions (one per table).""",
+    size="3 CSV files",
+    used_by="MedMoE chapter (pretraining captions, one sample per caption: medmoe.data.unimed.UniMedCaptions)",
+))
+
+register(Source(
+    name="unimed_clip_eval",
+    description="UniMed-CLIP's processed zero-shot evaluation sets (one zip; MedMoE's Table 1 benchmarks)",
+    access="manual",
+    files=(
+        RemoteFile("rsna_custom_test_set/RSNA_pneumonia_balanced_testfile.csv", note="inside the zip"),
+        RemoteFile("thyroid_us/thyroid_test_fold1.csv", note="inside the zip; columns img_dir,label"),
+        RemoteFile("breast_us/breast_test_fold1.csv", note="inside the zip; columns filename,label"),
+        RemoteFile("meniscal_mri/meniscus_test_fold1.csv", note="inside the zip; columns img_dir,label"),
+        RemoteFile("acl_mri/test_fold1.csv", note="inside the zip; columns filename,acl_label"),
+        RemoteFile("organs_axial/annotations.csv", optional=True,
+                   note="inside the zip, or from the open medimeta_organs source"),
+        RemoteFile("organs_coronal/annotations.csv", optional=True,
+                   note="inside the zip, or from the open medimeta_organs source"),
+        RemoteFile("organs_sagittal/annotations.csv", optional=True,
+                   note="inside the zip, or from the open medimeta_organs source"),
+    ),
+    homepage="https://github.com/mbzuai-oryx/UniMed-CLIP/blob/main/docs/EVALUATION_DATA.md",
+    licence="see UniMed-CLIP; every set keeps its source dataset's terms",
+    target="unimed_clip_eval",
+    instructions="""\
+1. Open UniMed-CLIP's docs/EVALUATION_DATA.md (github.com/mbzuai-oryx/UniMed-CLIP) and follow its
+   MBZUAI SharePoint link to the processed evaluation datasets (one zip, a share link: it cannot be
+   scripted). The archive's file name is not documented, so it is not checked here.
+2. Unpack it into the folder below so that its set folders (chexpert/, rsna_custom_test_set/,
+   thyroid_us/, breast_us/, meniscal_mri/, acl_mri/, organs_axial/, ...) sit directly in it.
+3. CheXpert 5x200 also needs its table: copy local_data/chexpert-5x200.csv from the UniMed-CLIP
+   repository into chexpert/ (or pass csv= to medmoe.data.evalsets.chexpert_5x200).
+4. Load a set with medmoe.data.evalsets.build_eval_set(name, root=<the folder below>).""",
+    size="21 evaluation sets",
+    expect=("thyroid_us", "breast_us", "meniscal_mri", "acl_mri", "rsna_custom_test_set"),
+    used_by="MedMoE chapter (zero-shot and linear-probe evaluation: medmoe.data.evalsets)",
+))
+
+register(Source(
+    name="medimeta_organs",
+    description="MedIMeta CT organ slices (LiTS; axial, coronal, sagittal; 224x224, 11 organ classes)",
+    access="open",
+    files=tuple(
+        RemoteFile(f"organs_{view}.zip", url=_zenodo(7884735, f"organs_{view}.zip"), extract=True,
+                   note="Zenodo lists an md5 for each file on the record page; it is not pinned here "
+                        "(not copied from the record), so this file is not verified")
+        for view in ("axial", "coronal", "sagittal")
+    ),
+    homepage="https://zenodo.org/records/7884735",
+    licence="CC BY-SA 4.0 (MedIMeta); LiTS images CC BY-NC-SA 4.0",
+    target="medimeta_organs",
+    size="?",
+    expect=("organs_axial/annotations.csv", "organs_coronal/annotations.csv", "organs_sagittal/annotations.csv"),
+    used_by="MedMoE chapter (CT axial / coronal / sagittal zero-shot: medmoe.data.evalsets.medimeta_organs_*)",
+))
+
+register(Source(
+    name="mrnet",
+    description="Stanford MRNet knee MRI (1,130 train + 120 valid exams; ACL tear, meniscal tear, abnormal)",
+    access="manual",
+    files=(RemoteFile("MRNet-v1.0.zip", extract=True,
+                      note="Stanford publishes no checksum; the archive unpacks to MRNet-v1.0/"),),
+    homepage="https://stanfordmlgroup.github.io/competitions/mrnet/",
+    licence="Stanford University School of Medicine MRNet Dataset Research Use Agreement",
+    target="mrnet",
+    instructions="""\
+1. Open https://stanfordmlgroup.github.io/competitions/mrnet/, register and accept the research use
+   agreement; Stanford then e-mails a download link for MRNet-v1.0.zip (about 5.7 GB).
+2. Save the archive in the folder below with that name; fetch() unpacks it.
+Note: UniMed-CLIP's acl_mri / meniscal_mri sets are RadImageNet's 2-D sagittal slices taken from these
+exams; for the book's zero-shot numbers use the unimed_clip_eval source instead.""",
+    size="about 5.7 GB",
+    expect=("MRNet-v1.0/train", "MRNet-v1.0/valid"),
+    used_by="MedMoE chapter (origin of the ACL and meniscus MRI evaluation sets)",
+))
+
+register(Source(
+    name="ddti_thyroid",
+    description="DDTI thyroid ultrasound images with TI-RADS XML annotations (origin of the thyroid set)",
+    access="token",
+    files=(RemoteFile("ddti-thyroid-ultrasound-images.zip", extract=True,
+                      note="the archive Kaggle serves for this mirror"),),
+    homepage="https://www.kaggle.com/datasets/dasmehdixtr/ddti-thyroid-ultrasound-images",
+    licence="open access from CIM@LAB, Universidad Nacional de Colombia; no licence stated (see the Kaggle page)",
+    target="ddti_thyroid",
+    instructions="The original site (CIM@LAB, Universidad Nacional de Colombia) is often offline; the Kaggle "
+    "mirror is the usual route.\n"
+    + _kaggle_steps(ref="dasmehdixtr/ddti-thyroid-ultrasound-images",
+                    filename="ddti-thyroid-ultrasound-images.zip")
+    + "\nNote: UniMed-CLIP's thyroid_us set is RadImageNet's benign/malignant split of these images; for "
+    "the book's zero-shot numbers use the unimed_clip_eval source instead.",
+    size="?",
+    kaggle_dataset="dasmehdixtr/ddti-thyroid-ultrasound-images",
+    used_by="MedMoE chapter (origin of the thyroid ultrasound evaluation set)",
+))
