@@ -830,6 +830,26 @@ class LoadReport(NamedTuple):
     ignored: list[str]
 
 
+#: Swin parameter names of transformers 4.x (the MedCLIP release) -> the current names, applied in order (the
+#: same renaming transformers' own loader applies to old hub checkpoints).
+_LEGACY_SWIN_KEYS: tuple[tuple[str, str], ...] = (
+    ("attention.self.query.", "attention.q_proj."),
+    ("attention.self.key.", "attention.k_proj."),
+    ("attention.self.value.", "attention.v_proj."),
+    ("attention.self.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
+    ("attention.self.relative_position_index", "attention.relative_position_bias.relative_position_index"),
+    ("attention.output.dense.", "attention.o_proj."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
+)
+
+
+def _current_swin_key(key: str) -> str:
+    for old, new in _LEGACY_SWIN_KEYS:
+        key = key.replace(old, new)
+    return key
+
+
 def load_medclip_swin(model, checkpoint: str | os.PathLike, *, prefix: str = "vision_model.model.",
                       warn: bool = True) -> LoadReport:
     """Load the vision tower of a MedCLIP-style checkpoint into a ``SwinModel``, as MedMoE initialises Swin-T.
@@ -837,7 +857,9 @@ def load_medclip_swin(model, checkpoint: str | os.PathLike, *, prefix: str = "vi
     MedCLIP's ``pytorch_model.bin`` holds the whole CLIP model: ``vision_model.model.*`` is the Swin,
     ``vision_model.projection_head.*`` its projection, ``text_model.*`` the text side. MedMoE renames
     ``vision_model.`` to ``model.`` and loads with ``strict=False``; the same keys land here by stripping
-    ``prefix``. Nothing fails silently: the returned :class:`LoadReport` lists what was loaded, missing and
+    ``prefix``. MedCLIP saved its Swin with transformers 4.x parameter names (``attention.self.query``,
+    ``intermediate.dense`` ...); they are renamed to the current ones (``attention.q_proj``, ``mlp.fc1`` ...),
+    as transformers does for old hub checkpoints. Nothing fails silently: the returned :class:`LoadReport` lists what was loaded, missing and
     unexpected, a warning names missing keys, and a checkpoint with no key under ``prefix`` is an error.
 
     Args:
@@ -871,6 +893,8 @@ def load_medclip_swin(model, checkpoint: str | os.PathLike, *, prefix: str = "vi
     for key, value in state.items():
         if key.startswith(prefix):
             sub = key[len(prefix):]
+            if sub not in own:
+                sub = _current_swin_key(sub)
             if sub in own:
                 renamed[sub] = value
             elif sub.endswith("relative_position_index"):

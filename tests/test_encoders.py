@@ -412,6 +412,30 @@ def test_load_medclip_swin(tmp_path):
     assert any(k.endswith("relative_position_index") for k in report.ignored)
 
 
+def test_load_medclip_swin_renames_transformers_4_parameter_names(tmp_path):
+    """MedCLIP saved its Swin with transformers 4.x names; every one must land in today's model."""
+    torch.manual_seed(0)
+    source = build_swin("swin-test")
+    legacy = {"q_proj.": "self.query.", "k_proj.": "self.key.", "v_proj.": "self.value.", "o_proj.": "output.dense.",
+              "relative_position_bias.relative_position_bias_table": "self.relative_position_bias_table"}
+    state = {}
+    for k, v in source.state_dict().items():
+        old = k
+        for new_name, old_name in legacy.items():
+            old = old.replace(f"attention.{new_name}", f"attention.{old_name}")
+        old = old.replace("mlp.fc1.", "intermediate.dense.").replace("mlp.fc2.", "output.dense.")
+        state[f"vision_model.model.{old}"] = v.clone()
+    assert any("attention.self.query" in k for k in state) and any(".output.dense." in k for k in state)
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    target = build_swin("swin-test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = load_medclip_swin(target, tmp_path)
+    assert report.missing == [] and report.unexpected == []
+    for k, v in source.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v), k
+
+
 def test_load_medclip_swin_reports_problems(tmp_path):
     torch.manual_seed(0)
     source = build_swin("swin-test")

@@ -340,3 +340,45 @@ def test_benchmark_script_runs_on_a_tiny_model(tmp_path):
     assert set(res["seconds_median"]) == {"K=1", "K=3 dispatched", "K=3 all experts (released code)"}
     assert res["dispatched_over_k1"] > 0 and res["all_experts_over_dispatched"] > 0
     assert medmoe_routing.spread_gate(5, 3).indices[:, 0].tolist() == [0, 1, 2, 0, 1]
+
+
+def test_paper_configuration_trains_a_step_on_unimed_files_with_a_medclip_checkpoint(tmp_path):
+    """The paper profile offline: Swin-T + 6 experts at 224 px, a 768-d 12-layer BERT read from a local folder
+    (``save_pretrained`` format), MedCLIP-style weights loaded into the Swin, and UniMed caption tables."""
+    from transformers import BertConfig, BertModel
+
+    from medmoe.data.unimed import UniMedCaptions, write_unimed_fixture
+    from medmoe.encoders import build_swin, load_medclip_swin
+
+    rows = [("radiology_ai/CT/a.png", ["CT of the abdomen, liver lesion.", "Axial CT."]),
+            ("radiology_ai/MR/b.png", ["Knee MRI with an ACL tear."]), ("radiology_ai/US/c.png", ["Thyroid nodule."])]
+    csv = write_unimed_fixture(tmp_path / "unimed", rows, image_size=40)
+    ds = UniMedCaptions(csv_files=[csv], image_root=tmp_path / "unimed", size=224, modality="from_path")
+    assert len(ds) == 4 and ds.modality_labels == [1, 1, 2, 3]
+
+    bert_dir = tmp_path / "bio_clinicalbert"
+    tiny = build_text_encoder("random-bert-base", max_length=25, layers="sum_last4")
+    BertModel(BertConfig(**tiny.backbone.config.to_dict())).save_pretrained(bert_dir)
+    tiny.tokenizer.save_pretrained(bert_dir)
+    text = build_text_encoder(str(bert_dir), max_length=25, layers="sum_last4")
+    assert text.width == 768 and text.backbone.config.num_hidden_layers == 12
+
+    donor = build_swin("swin-tiny")
+    ckpt = tmp_path / "medclip" / "pytorch_model.bin"
+    ckpt.parent.mkdir()
+    torch.save({f"vision_model.model.{k}": v for k, v in donor.state_dict().items()}, ckpt)
+    swin = build_swin("swin-tiny")
+    report = load_medclip_swin(swin, ckpt.parent, warn=False)
+    assert report.loaded and not report.unexpected
+    model = build_model("medmoe_paper")
+    model.backbone = swin
+    key = "encoder.layers.0.blocks.0.attention.q_proj.weight"
+    assert torch.equal(model.backbone.state_dict()[key], donor.state_dict()[key])
+
+    data = R.ReportDataset(ds, encode_reports(text, ds.texts))
+    batch = torch.utils.data.default_collate([data[i] for i in range(3)])
+    model.train()
+    out = R.pretrain_step(model, batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and out["local"] > 0 and out["global"] > 0
+    assert sum(p.grad is not None for p in model.experts.parameters()) > 0
