@@ -61,10 +61,10 @@ medclip_checkpoint = ""      # MedCLIP's pytorch_model.bin (or its folder), load
 align = "linear1d"           # linear1d is the released code; bilinear2d is the paper's text
 aux_on = "logits"            # logits, or probs for the code's double softmax
 image_size = 64
-n_train = 640                # phantom image-report pairs for pretraining (cycling over the 5 modalities)
+n_train = 512                # phantom image-report pairs for pretraining (cycling over the 5 modalities)
 n_val = 100
 n_test = 250
-n_probe = 30                 # finding-set images per class for the linear probe's training set
+n_probe = 20                 # finding-set images per class for the linear probe's training set
 n_probe_test = 20            # per class for the zero-shot and linear-probe test sets
 epochs = 3
 batch_size = 32
@@ -76,7 +76,7 @@ eval_sets = ["chexpert_5x200", "rsna_pneumonia", "thyroid_us", "breast_us", "acl
              "medimeta_organs_axial", "medimeta_organs_coronal", "medimeta_organs_sagittal"]  # real data: zero-shot
 probe_sets = ["thyroid_us", "acl_mri", "medimeta_organs_axial"]  # real data: linear probe (needs a train split)
 probe_fractions = [0.01, 0.1, 1.0]
-bench_batch = 4              # images per timed batch in the routing-cost benchmark, 0 skips it
+bench_batch = 3              # images per timed batch in the routing-cost benchmark, 0 skips it
 device = "auto"
 
 # %%
@@ -195,11 +195,9 @@ def new_model():
         if medclip_checkpoint:
             rep = load_medclip_swin(backbone, medclip_checkpoint)
             print(f"MedCLIP: {len(rep.loaded)} Swin tensors loaded, {len(rep.missing)} missing, {len(rep.unexpected)} unexpected")
-    from medmoe.models.medmoe import MedMoE
-    from dataclasses import replace
-    cfg = replace(CONFIGS[config], width=encoder.width, image_size=image_size, align=align, aux_on=aux_on,
-                  num_experts=len(modality_names) if dataset == "phantoms" else CONFIGS[config].num_experts)
-    return MedMoE(config=cfg, backbone=backbone).to(dev)
+    experts = len(modality_names) if dataset == "phantoms" else CONFIGS[config].num_experts
+    return build_model(config, swin=backbone, width=encoder.width, image_size=image_size, align=align, aux_on=aux_on,
+                       num_experts=experts).to(dev)
 
 
 model = new_model().eval()
@@ -386,17 +384,17 @@ prompt_emb = {name: encode_reports(encoder, [p for ps in finding_prompts[name] f
 if dataset == "phantoms":  # modality prompts: the training reports of each modality
     mod_prompts = [sorted({t for t, lab in zip(texts["train"], splits["train"].modality_labels) if lab == k}) for k in range(len(MODALITIES))]
     groups = [encode_reports(encoder, p).sentence for p in mod_prompts]
-    all_finding_test = torch.utils.data.ConcatDataset([finding[k]["test"] for k in MODALITIES])
 zs_rows, lp_rows = [], []
 for s in seeds:
     m = models[s]
+    test_emb = {name: recipe.embed_images(m, sets["test"], keep_local=True) for name, sets in finding.items()}
     if dataset == "phantoms":  # modality zero-shot over all finding test images
-        e = recipe.embed_images(m, all_finding_test)
+        e = {k: torch.cat([test_emb[n][k] for n in MODALITIES]) for k in ("global", "modality")}
         scores = torch.stack([recipe.global_similarity(e["global"], g.to(e["global"])).mean(1) for g in groups], 1)
         zs_rows.append({"seed": s, "task": "modality", "classes": len(MODALITIES), "zero-shot (global)": float((scores.argmax(1) == e["modality"]).float().mean()),
                         "chance": 1 / len(MODALITIES)})
     for name, sets in finding.items():
-        te = recipe.embed_images(m, sets["test"], keep_local=True)
+        te = test_emb[name]
         enc_p = prompt_emb[name]
         owner = torch.tensor([c for c, ps in enumerate(finding_prompts[name]) for _ in ps])
         g = recipe.global_similarity(te["global"], enc_p.sentence.to(te["global"]))

@@ -807,6 +807,15 @@ def make_phantom_2d(*, modality: str, seed: int, size: int = 128, lesion_regions
     )
 
 
+def _with_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
+    """``(C, H, W)`` -> the requested channels: RGB to grey (:func:`rgb_to_grey`), grey repeated to RGB, or as is."""
+    if channels == 1 and image.shape[0] == 3:
+        return rgb_to_grey(image)
+    if channels == 3 and image.shape[0] == 1:
+        return np.repeat(image, 3, axis=0)
+    return image
+
+
 class PhantomDataset2D(Dataset):
     """A map-style data set of 2D phantoms, all generated up front (about 1000 images of 128^2 in a few
     seconds on a laptop CPU).
@@ -874,13 +883,8 @@ class PhantomDataset2D(Dataset):
         for i in range(self.n):
             modality = modalities[i % len(modalities)]
             ph = make_phantom_2d(modality=modality, seed=_item_seed(self.seed, i), size=self.size)
-            image = ph.image
-            if channels == 1 and image.shape[0] == 3:
-                image = rgb_to_grey(image)
-            elif channels == 3 and image.shape[0] == 1:
-                image = np.repeat(image, 3, axis=0)
             self.phantoms.append(ph)
-            self._images.append(image)
+            self._images.append(_with_channels(ph.image, channels))
         self.reports: list[str] = [ph.report for ph in self.phantoms]
         self.modality_labels: list[int] = [MODALITIES.index(ph.modality) for ph in self.phantoms]
 
@@ -971,12 +975,7 @@ class PhantomFindingSet(Dataset):
                 where = tuple(regions[j] for j in sorted(pick))
             ph = make_phantom_2d(modality=modality, seed=item_seed, size=self.size, lesion_regions=where,
                                  distractors=False)
-            image = ph.image
-            if channels == 1 and image.shape[0] == 3:
-                image = rgb_to_grey(image)
-            elif channels == 3 and image.shape[0] == 1:
-                image = np.repeat(image, 3, axis=0)
-            self._images.append(image)
+            self._images.append(_with_channels(ph.image, channels))
 
     def __len__(self) -> int:
         return len(self.labels)

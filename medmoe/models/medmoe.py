@@ -122,8 +122,10 @@ CONFIGS: dict[str, MedMoEConfig] = {
 }
 
 
-def build_model(name: str | MedMoEConfig = "medmoe_paper", **overrides) -> MedMoE:
+def build_model(name: str | MedMoEConfig = "medmoe_paper", *, swin: nn.Module | None = None, **overrides) -> MedMoE:
     """A :class:`MedMoE` from a name of :data:`CONFIGS` (or a config), with fields overridden by keyword.
+
+    ``swin`` passes an existing ``SwinModel`` (e.g. pretrained, with MedCLIP weights); by default a random one.
 
     Example:
         >>> m = build_model("medmoe_test", align="bilinear2d")
@@ -142,7 +144,7 @@ def build_model(name: str | MedMoEConfig = "medmoe_paper", **overrides) -> MedMo
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown MedMoEConfig field(s) {unknown}; the fields are {sorted(known)}")
-    return MedMoE(config=replace(cfg, **overrides))
+    return MedMoE(config=replace(cfg, **overrides), backbone=swin)
 
 
 class MultiScaleExpert(nn.Module):
