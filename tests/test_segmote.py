@@ -1,0 +1,169 @@
+"""SegMoTE (Chapter 3): frozen SAM, expert tokens, MoTE routing and gradients, PPT, parameter counts, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medmoe.models.segmote import CONFIGS, MoTE, PromptTokenizer, build_model, build_sam, load_sam_checkpoint
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return build_model("segmote_test", **kw)
+
+
+def _batch(b=2):
+    torch.manual_seed(1)
+    return torch.rand(b, 3, 64, 64), torch.tensor([[4.0, 6.0, 40.0, 44.0]] * b)
+
+
+def test_sam_weights_bitwise_unchanged_after_training_and_router_gets_gradient():
+    m = _model()
+    before = {k: v.clone() for k, v in m.sam.state_dict().items()}
+    opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-2)
+    x, boxes = _batch()
+    emb, early = m.encode(x)
+    target = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    m.train()
+    for step in range(3):
+        out = m(emb, early, boxes=boxes)
+        loss = F.binary_cross_entropy_with_logits(out.masks, target) + 0.01 * out.balance_loss
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            for mote in m.motes:  # the router learns (W_g and W_n start at zero)
+                assert mote.gate.w_gate.grad is not None and mote.gate.w_gate.grad.abs().sum() > 0
+                assert mote.gate.w_noise.grad is not None and mote.gate.w_noise.grad.abs().sum() > 0
+            assert all(p.grad is None for p in m.sam.parameters())
+        opt.step()
+    after = m.sam.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not m.sam.training and m.training
+    assert m.motes[0].gate.w_gate.abs().sum() > 0  # and it moved
+
+
+def test_only_new_modules_are_trainable():
+    m = _model()
+    names = {n.split(".")[0] for n, p in m.named_parameters() if p.requires_grad}
+    assert names == {"expert_tokens", "motes", "expert_hypernets", "expert_embedding_encoder", "compress_vit_feat",
+                     "expert_feature_fusion", "ppt"}
+
+
+def test_parameter_counts_of_the_paper_configurations():
+    ppt = PromptTokenizer(dim=768, num_queries=2, num_heads=8)
+    assert sum(p.numel() for p in ppt.parameters()) == 7_091_712  # the code's AttnPoolTokens; the paper: 7M
+    m = build_model("imis_like")
+    trainable = sum(p.numel() for p in m.trainable_parameters())
+    assert trainable == 16_290_592  # MoTE side 9,198,880 + PPT; the code's unused expert_mlp/dte/dteall add 1.27M
+    assert abs(trainable / 17e6 - 1) < 0.05  # Table 3: 17M learnable
+
+
+@pytest.mark.parametrize("prompt", ["box", "points", "free", "free+mask"])
+def test_prompt_modes_shapes(prompt):
+    m = _model().eval()
+    x, boxes = _batch(3)
+    emb, early = m.encode(x)
+    kw = {"box": dict(boxes=boxes[:3]),
+          "points": dict(points=(torch.tensor([[[20.0, 20.0], [50.0, 50.0]]] * 3), torch.tensor([[1, 0]] * 3))),
+          "free": dict(prompt_free=True),
+          "free+mask": dict(prompt_free=True, mask_prior=torch.randn(3, 1, 16, 16))}[prompt]
+    out = m(emb, early, **kw)
+    assert out.masks.shape == (3, 1, 16, 16) and out.expert_masks.shape == (3, 3, 16, 16)
+    assert torch.equal(out.masks[:, 0], out.expert_masks[torch.arange(3), out.selected])
+    assert m.upscale(out.masks).shape == (3, 1, 64, 64)
+    assert len(out.motes) == 2
+
+
+def test_eval_is_deterministic_training_is_noisy():
+    m = _model()
+    with torch.no_grad():
+        for mote in m.motes:  # give the router something to say
+            mote.gate.w_gate.normal_()
+            mote.gate.w_noise.normal_()
+    x, boxes = _batch()
+    emb, early = m.encode(x)
+    m.eval()
+    a, b = m(emb, early, boxes=boxes), m(emb, early, boxes=boxes)
+    assert torch.equal(a.masks, b.masks)
+    m.train()
+    torch.manual_seed(3)
+    c = m(emb, early, boxes=boxes)
+    assert not torch.allclose(c.motes[0].gate.logits, a.motes[0].gate.logits)
+
+
+def test_mote_equations_by_hand():
+    torch.manual_seed(0)
+    mote = MoTE(dim=6, num_experts=3, expert_dim=4).eval()
+    with torch.no_grad():
+        mote.gate.w_gate.copy_(torch.randn(6, 3))
+    x = torch.randn(2, 4, 6)
+    out = mote(x)
+    logits = x @ mote.gate.w_gate  # Eq. (1), no noise in eval
+    idx = logits.argmax(-1)
+    conf = logits.max(-1).values  # Eq. (4)
+    assert torch.equal(out.selected, conf.argmax(1))
+    p = logits.softmax(-1).gather(-1, idx[..., None])[..., 0]
+    for bi in range(2):
+        for ti in range(4):
+            e = int(idx[bi, ti])
+            h = p[bi, ti] * mote.experts[e](x[bi, ti])  # Eq. (6): confidence-weighted expert output
+            z = mote.proj(mote.dteall(mote.dte(h)))
+            assert torch.allclose(out.tokens[bi, ti], z, atol=1e-5)
+    w = torch.zeros(2, 4, 3).scatter(-1, idx[..., None], p[..., None])
+    imp, load = w.sum((0, 1)), (w > 0).float().sum((0, 1))
+    cv2 = lambda v: v.var() / v.mean() ** 2  # noqa: E731  (unbiased variance, Eq. 9 as the code computes it)
+    assert torch.allclose(out.balance, cv2(imp) + cv2(load), atol=1e-5)
+
+
+def test_ppt_attention_and_position_dependence():
+    torch.manual_seed(0)
+    ppt = PromptTokenizer(dim=16, num_queries=2, num_heads=2)
+    emb = torch.randn(2, 16, 4, 4)
+    tokens, attn = ppt(emb, return_attention=True)
+    assert tokens.shape == (2, 2, 16) and attn.shape == (2, 2, 4, 4)
+    assert torch.allclose(attn.flatten(2).sum(-1), torch.ones(2, 2), atol=1e-5)
+    flipped = ppt(emb.flip(-1))  # coordinates enter the keys: a mirrored image gives other tokens
+    assert not torch.allclose(tokens, flipped, atol=1e-4)
+
+
+def test_load_sam_checkpoint_resizes_position_embeddings(tmp_path):
+    torch.manual_seed(0)
+    big = build_sam(CONFIGS["segmote_test"].__class__(**{**CONFIGS["segmote_test"].__dict__, "image_size": 128}))
+    torch.save(big.state_dict(), tmp_path / "sam.pth")
+    small = build_sam(CONFIGS["segmote_test"])
+    resized = load_sam_checkpoint(small, tmp_path / "sam.pth")
+    assert "image_encoder.pos_embed" in resized and any("rel_pos" in k for k in resized)
+    assert small.image_encoder.pos_embed.shape == (1, 4, 4, 32)
+    key = "mask_decoder.iou_token.weight"
+    assert torch.equal(small.state_dict()[key], big.state_dict()[key])
+    m = build_model("segmote_test", sam=small)
+    assert m.encode(torch.rand(1, 3, 64, 64))[0].shape == (1, 32, 4, 4)
+    with pytest.raises(FileNotFoundError, match="sam_vit_b"):
+        load_sam_checkpoint(small, tmp_path / "missing.pth")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not a checkpoint of this SAM"):
+        load_sam_checkpoint(small, tmp_path / "other.pth")
+
+
+def test_bad_inputs_are_named():
+    m = _model()
+    x, boxes = _batch()
+    emb, early = m.encode(x)
+    with pytest.raises(ValueError, match="prompt_free"):
+        m(emb, early, boxes=boxes, prompt_free=True)
+    with pytest.raises(ValueError, match="give points or boxes"):
+        m(emb, early)
+    with pytest.raises(ValueError, match="one prompt"):
+        m(emb, early, boxes=boxes[:1].expand(3, -1))
+    with pytest.raises(ValueError, match="early_features"):
+        m(emb, None, boxes=boxes)
+    with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\)"):
+        m.encode(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="unknown SegMoTE configuration"):
+        build_model("sam_h")
+    with pytest.raises(ValueError, match="unknown SegMoTEConfig field"):
+        build_model("segmote_test", experts=3)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        build_model("segmote_test", image_size=70)
