@@ -11,6 +11,9 @@
 * :mod:`medmoe.data.evalsets` -- MedMoE's zero-shot / linear-probe benchmarks in UniMed-CLIP's processed
   formats (CheXpert 5x200, RSNA, thyroid/breast US, ACL/meniscus MRI, MedIMeta CT organs), their class
   prompts and stratified label subsampling.
+* :mod:`medmoe.data.imis` -- the IMIS-Bench layout SegMoTE reads (``<CODE>/dataset.json``, sparse
+  ``x___<name>.(C, H, W, 1).npz`` labels): write phantoms in it, load it per class or per image, several
+  data sets at once (``data_scripts/build_medseg_hq.py`` writes the public sources in it).
 * :mod:`medmoe.data.download` -- the verified, resumable downloader; :mod:`medmoe.data.sources` -- the
   catalogue of real datasets and weights (``python data_scripts/fetch.py --list``).
 
@@ -39,6 +42,11 @@ _EXPORTS = {
     "evalsets": (
         "CLASS_PROMPTS", "EVAL_SETS", "EVAL_SET_CLASSES", "ORGAN_CLASSES", "ClassificationSet", "build_eval_set",
         "subsample_labels",
+    ),
+    "imis": (
+        "IMIS_SPLITS", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "IMISDataset", "MultiDatasetIMIS", "collate_imis",
+        "mask_file_name", "parse_mask_shape", "pseudo_region_map", "read_sparse_mask", "sam_normalize",
+        "write_dataset_json", "write_imis_item", "write_imis_layout", "write_sparse_mask",
     ),
     "download": ("extract", "sha256sum", "DownloadError", "ChecksumError", "ManualDownloadRequired"),
     "sources": ("SOURCES", "Source", "RemoteFile", "fetch", "get_source"),

@@ -785,3 +785,92 @@ register(Source(
     kaggle_dataset="dasmehdixtr/ddti-thyroid-ultrasound-images",
     used_by="MedMoE chapter (origin of the thyroid ultrasound evaluation set)",
 ))
+
+# --- Chapter 3, SegMoTE: MedSeg-HQ-like training sources and the out-of-domain sets
+#     (data_scripts/build_medseg_hq.py writes them in the IMIS-Bench layout read by medmoe.data.imis)
+
+register(Source(
+    name="isic2018_task1",
+    description="ISIC 2018 Task 1: dermoscopy images (JPG) with skin-lesion masks (PNG), training set",
+    access="open",
+    files=(
+        RemoteFile("ISIC2018_Task1-2_Training_Input.zip",
+                   url="https://isic-challenge-data.s3.amazonaws.com/2018/ISIC2018_Task1-2_Training_Input.zip",
+                   sha256="80f98572347a2d7a376227fa9eb2e4f7459d317cb619865b8b9910c81446675f",
+                   checksum_verified=False, extract=True,
+                   note="2,594 images ISIC_<id>.jpg; sha256 pinned by constantinpape/torch-em (isic.py)"),
+        RemoteFile("ISIC2018_Task1_Training_GroundTruth.zip",
+                   url="https://isic-challenge-data.s3.amazonaws.com/2018/ISIC2018_Task1_Training_GroundTruth.zip",
+                   sha256="99f8b2bb3c4d6af483362010715f7e7d5d122d9f6c02cac0e0d15bef77c7604c",
+                   checksum_verified=False, extract=True,
+                   note="masks ISIC_<id>_segmentation.png (0/255); sha256 pinned by constantinpape/torch-em"),
+    ),
+    homepage="https://challenge.isic-archive.com/data/#2018",
+    licence="see the ISIC 2018 challenge data page",
+    target="isic2018_task1",
+    size="2,594 images",
+    expect=("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"),
+    used_by="SegMoTE chapter (MedSeg-HQ source; data_scripts/build_medseg_hq.py isic2018)",
+))
+
+register(Source(
+    name="sz_cxr",
+    description="SZ-CXR: Shenzhen chest X-rays (NLM, 662 PNG) with lung masks (Kaggle, 566 PNG)",
+    access="token",
+    files=(
+        RemoteFile("shcxr-lung-mask.zip", extract=True,
+                   note="the archive Kaggle serves for yoctoman/shcxr-lung-mask: CHNCXR_<id>_<0|1>_mask.png "
+                        "(CC BY-NC-SA 4.0; Mendeley doi 10.17632/8gf9vpkhgy.2)"),
+        RemoteFile("ChinaSet_AllFiles.zip", extract=True,
+                   note="NLM's Shenzhen set: CXR_png/CHNCXR_<id>_<0|1>.png, downloaded by hand (no pinned URL)"),
+    ),
+    homepage="https://lhncbc.nlm.nih.gov/LHC-downloads/downloads.html#tuberculosis-image-data-sets",
+    licence="images: NLM terms (open); masks: CC BY-NC-SA 4.0",
+    target="sz_cxr",
+    instructions=_kaggle_steps(ref="yoctoman/shcxr-lung-mask", filename="shcxr-lung-mask.zip")
+    + "\n4. The images come from the U.S. National Library of Medicine (open, no account): open the homepage"
+    "\n   above, section 'Tuberculosis image data sets', Shenzhen Hospital CXR Set, and save the archive as"
+    "\n   ChinaSet_AllFiles.zip in the same folder. A folder you unpacked yourself is accepted by"
+    "\n   data_scripts/build_medseg_hq.py (it looks for CHNCXR_*.png and CHNCXR_*_mask.png anywhere inside).",
+    size="662 CXR, 566 masks",
+    kaggle_dataset="yoctoman/shcxr-lung-mask",
+    used_by="SegMoTE chapter (MedSeg-HQ source; data_scripts/build_medseg_hq.py sz_cxr)",
+))
+
+register(Source(
+    name="segthor",
+    description="SegTHOR: thoracic CT (NIfTI) with esophagus, heart, trachea and aorta masks (SegMoTE OOD set)",
+    access="manual",
+    files=(RemoteFile("segthor_train.zip", extract=True,
+                      note="the training archive from CodaLab, saved under this name; reported layout "
+                           "train/Patient_XX/{Patient_XX.nii.gz, GT.nii.gz} (labels 1-4); no checksum published"),),
+    homepage="https://competitions.codalab.org/competitions/21145",
+    licence="the challenge terms (accepted when registering on CodaLab)",
+    target="segthor",
+    instructions="""\
+1. Create a CodaLab account, open the SegTHOR competition (homepage above; the challenge site is
+   https://segthor.grand-challenge.org) and register; the organisers approve the request.
+2. Under Participate > Get Data, download the training data (40 CT scans with ground truth).
+3. Save the archive in the folder below as segthor_train.zip (or unpack it there yourself: the
+   builder looks for */GT.nii.gz next to <patient>.nii.gz anywhere inside).""",
+    size="40 CT scans",
+    used_by="SegMoTE chapter (out-of-domain evaluation; data_scripts/build_medseg_hq.py segthor)",
+))
+
+register(Source(
+    name="totalsegmentator_mri",
+    description="TotalSegmentator MRI v1.0: 616 MR subjects with per-structure NIfTI masks (SegMoTE OOD set)",
+    access="open",
+    files=(RemoteFile("TotalsegmentatorMRI_dataset_v100.zip",
+                      url=_zenodo(11367005, "TotalsegmentatorMRI_dataset_v100.zip"), extract=True,
+                      note="v1.0, Zenodo record 11367005 (record and file name as used by public download "
+                           "scripts; Zenodo's md5 is not pinned here, so the file is not verified). v2.0 is "
+                           "record 14710732 (TotalsegmentatorMRI_dataset_v200.zip); the concept DOI "
+                           "10.5281/zenodo.11367004 resolves to the newest version"),),
+    homepage="https://doi.org/10.5281/zenodo.11367004",
+    licence="see the Zenodo record",
+    target="totalsegmentator_mri",
+    size="616 subjects",
+    used_by="SegMoTE chapter (out-of-domain evaluation; data_scripts/build_medseg_hq.py totalseg_mri); layout "
+            "s<id>/mri.nii.gz + s<id>/segmentations/<structure>.nii.gz",
+))
