@@ -103,7 +103,7 @@ CONFIGS: dict[str, SegMoTEConfig] = {
     "sam_b": SegMoTEConfig(),
     "imis_like": SegMoTEConfig(prompt_dim=768),
     "segmote_quick": SegMoTEConfig(encoder_dim=96, encoder_depth=4, encoder_heads=4, global_attn=(1, 3), window_size=4,
-                                   image_size=128, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4, expert_dim=32,
+                                   image_size=128, patch_size=8, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4, expert_dim=32,
                                    ppt_heads=4),
     "segmote_test": SegMoTEConfig(encoder_dim=32, encoder_depth=2, encoder_heads=2, global_attn=(1,), window_size=2,
                                   image_size=64, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, num_expert_tokens=3,
