@@ -167,3 +167,59 @@ def test_bad_inputs_are_named():
         build_model("segmote_test", experts=3)
     with pytest.raises(ValueError, match="multiple of patch_size"):
         build_model("segmote_test", image_size=70)
+
+
+# ------------------------------------------------------------------------------------------------------ recipe
+
+
+def test_prompts_from_masks():
+    from medmoe.recipes.segmote import box_from_mask, point_from_mask, sample_prompts
+
+    mask = torch.zeros(32, 32)
+    mask[5:15, 8:20] = 1
+    assert box_from_mask(mask).tolist() == [8.0, 5.0, 19.0, 14.0]
+    g = torch.Generator().manual_seed(0)
+    jittered = box_from_mask(mask, jitter=3.0, generator=g)
+    assert (jittered - torch.tensor([8.0, 5.0, 19.0, 14.0])).abs().max() <= 3.0
+    for _ in range(20):  # from the half of the foreground nearest the centroid
+        x, y = point_from_mask(mask, generator=g).tolist()
+        assert mask[int(y), int(x)] == 1 and abs(x - 13.5) <= 5 and abs(y - 9.5) <= 4
+    with pytest.raises(ValueError, match="empty"):
+        box_from_mask(torch.zeros(4, 4))
+    pr = sample_prompts(mask[None, None].expand(50, 1, -1, -1), torch.tensor([True, False] * 25), generator=g)
+    assert set(pr["kind"][1::2]) <= {"box", "point"} and "free" in pr["kind"][0::2]
+    assert pr["boxes"].shape == (50, 4) and pr["points"].shape == (50, 1, 2)
+
+
+def test_sam_decode_matches_segment_anything_for_one_image():
+    from medmoe.recipes.segmote import sam_decode
+
+    m = _model().eval()
+    emb, _ = m.encode(torch.rand(1, 3, 64, 64))
+    box = torch.tensor([[4.0, 6.0, 40.0, 44.0]])
+    ours = sam_decode(m.sam, emb, boxes=box)
+    sparse, dense = m.sam.prompt_encoder(None, box, None)
+    ref, _ = m.sam.mask_decoder(image_embeddings=emb, image_pe=m.sam.prompt_encoder.get_dense_pe(),
+                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_phantom_tasks_step_and_evaluation():
+    from medmoe.data.phantoms import PhantomDataset2D
+    from medmoe.recipes import segmote as R
+
+    tasks = R.PhantomSegTasks(PhantomDataset2D(n=5, modalities=("cxr", "ct", "mri", "us", "derm"), size=64, seed=0, channels=3))
+    assert {tasks.class_names[tasks[k]["class_index"]] for k in range(len(tasks))} >= {"derm/lesion", "cxr/lungs"}
+    assert all(tasks[k]["mask"].sum() >= 8 for k in range(len(tasks)))
+    m = _model()
+    data = R.EmbeddingTasks(tasks, R.cache_embeddings(m, tasks))
+    batch = torch.utils.data.default_collate([data[k] for k in range(len(data))])
+    out = R.segmote_step(m, batch, loss_fn=R.seg_loss(), generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and m.motes[0].gate.w_gate.grad is not None
+    for prompt in ("box", "point", "free"):
+        r = R.evaluate(m, data, prompt=prompt)
+        assert 0.0 <= r["dice"] <= 1.0 and all(0 <= row["selected"] < 3 for row in r["rows"])
+    assert len(R.evaluate(m, data, prompt="free")["rows"]) == sum((t[1], t[2]) in R.GROUP_A for t in tasks.items)
+    with pytest.raises(ValueError, match="prompt"):
+        R.evaluate(m, data, prompt="text")

@@ -103,7 +103,7 @@ CONFIGS: dict[str, SegMoTEConfig] = {
     "sam_b": SegMoTEConfig(),
     "imis_like": SegMoTEConfig(prompt_dim=768),
     "segmote_quick": SegMoTEConfig(encoder_dim=96, encoder_depth=4, encoder_heads=4, global_attn=(1, 3), window_size=4,
-                                   image_size=128, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4, expert_dim=32,
+                                   image_size=128, patch_size=8, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4, expert_dim=32,
                                    ppt_heads=4),
     "segmote_test": SegMoTEConfig(encoder_dim=32, encoder_depth=2, encoder_heads=2, global_attn=(1,), window_size=2,
                                   image_size=64, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, num_expert_tokens=3,
@@ -384,6 +384,8 @@ class SegMoTE(nn.Module):
         check_rank(image_embeddings, 4, "image_embeddings")
         b = image_embeddings.shape[0]
         pe = self.sam.prompt_encoder
+        if mask_prior is not None and mask_prior.shape[0] != b:
+            raise ValueError(f"mask_prior has {mask_prior.shape[0]} rows for {b} images")
         if prompt_free:
             if points is not None or boxes is not None:
                 raise ValueError("prompt_free=True replaces the point/box prompts by PPT tokens: pass neither")
@@ -397,6 +399,24 @@ class SegMoTE(nn.Module):
             sparse, dense = pe(points, boxes, mask_prior)
             if sparse.shape[0] != b:
                 raise ValueError(f"{sparse.shape[0]} prompts for {b} images: one prompt (set) per image")
+        return self.decode(image_embeddings, early_features, sparse=sparse, dense=dense)
+
+    def prompt_tokens(self, image_embeddings: torch.Tensor, *, boxes: torch.Tensor | None = None,
+                      points: tuple[torch.Tensor, torch.Tensor] | None = None, prompt_free: bool = False) -> torch.Tensor:
+        """The sparse prompt tokens ``(B, 2, D)`` of one kind: a box (2 corner tokens), one point (SAM pads it with a
+        not-a-point token) or PPT's ``Q = 2`` tokens -- so batches can mix prompt kinds row by row."""
+        if prompt_free:
+            return self.ppt(image_embeddings)
+        return self.sam.prompt_encoder(points, boxes, None)[0]
+
+    def decode(self, image_embeddings: torch.Tensor, early_features: torch.Tensor | None, *, sparse: torch.Tensor,
+               dense: torch.Tensor | None = None) -> SegMoTEOutput:
+        """The decoder from given sparse tokens ``(B, N, D)`` and dense prompt ``(B, D, h, w)`` (``None``: SAM's
+        no-mask embedding)."""
+        b = image_embeddings.shape[0]
+        pe = self.sam.prompt_encoder
+        if dense is None:
+            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, *image_embeddings.shape[-2:])
         dec = self.sam.mask_decoder
         first = 1 + dec.num_mask_tokens
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight, self.expert_tokens.weight], dim=0)
