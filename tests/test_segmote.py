@@ -223,3 +223,39 @@ def test_phantom_tasks_step_and_evaluation():
     assert len(R.evaluate(m, data, prompt="free")["rows"]) == sum((t[1], t[2]) in R.GROUP_A for t in tasks.items)
     with pytest.raises(ValueError, match="prompt"):
         R.evaluate(m, data, prompt="text")
+
+
+def test_paper_size_step_on_imis_layout_data_with_a_sam_checkpoint(tmp_path):
+    """The paper configuration offline: SAM ViT-B at 512 px, a checkpoint saved at SAM's 1024 px loaded from a local
+    path (position tables resized), one item read from the IMIS-Bench layout, one SegMoTE step."""
+    import numpy as np
+
+    from medmoe.data.imis import IMISDataset, write_imis_layout
+    from medmoe.recipes import segmote as R
+
+    torch.manual_seed(0)
+    sam1024 = build_sam(CONFIGS["sam_b"].__class__(**{**CONFIGS["sam_b"].__dict__, "image_size": 1024}))
+    torch.save(sam1024.state_dict(), tmp_path / "sam_vit_b_01ec64.pth")
+    m = build_model("sam_b")
+    load_sam_checkpoint(m.sam, tmp_path / "sam_vit_b_01ec64.pth")
+    key = "mask_decoder.transformer.layers.0.mlp.lin1.weight"
+    assert torch.equal(m.sam.state_dict()[key], sam1024.state_dict()[key])
+    del sam1024
+
+    image = np.zeros((96, 80, 3), np.uint8)
+    image[20:60, 10:50] = 200
+    masks = np.zeros((1, 96, 80), np.uint8)
+    masks[0, 20:60, 10:50] = 1
+    root = write_imis_layout(tmp_path / "data", "PHANTOM", [{"name": "p0", "image": image, "masks": masks, "split": "test"}],
+                             ["organ"])
+    ds = IMISDataset(root=root, split="test", size=512)
+    item = ds[0]
+    emb, early = m.encode(item["image"][None])
+    assert emb.shape == (1, 256, 32, 32) and early.shape == (1, 768, 32, 32)
+    box = R.box_from_mask(item["mask"][0])[None]
+    m.train()
+    out = m(emb, early, boxes=box)
+    assert out.masks.shape == (1, 1, 128, 128)
+    loss = R.seg_loss()(out.masks, (F.interpolate(item["mask"][None], size=128) > 0.5).float()) + 0.01 * out.balance_loss
+    loss.backward()
+    assert m.motes[-1].gate.w_gate.grad is not None and all(p.grad is None for p in m.sam.parameters())
