@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "default_device", "check_rank", "check_last_dim"]
+__all__ = ["seed_everything", "default_device", "check_rank", "check_last_dim", "resolve_config"]
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> int:
@@ -48,3 +48,26 @@ def check_last_dim(x: torch.Tensor, size: int, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` if the last dimension of ``x`` is not ``size``."""
     if x.shape[-1] != size:
         raise ValueError(f"{name} must have last dimension {size}, got shape {tuple(x.shape)}")
+
+
+def resolve_config(name, configs: dict, overrides: dict, *, what: str):
+    """A model configuration (a frozen dataclass) from a registered ``name`` or a config instance, with fields
+    overridden by ``overrides`` (lists become tuples, as configs are data). Used by every ``build_model``.
+
+    Raises:
+        ValueError: an unknown name (listing the known ones) or unknown field names (listing the fields).
+    """
+    from dataclasses import fields, is_dataclass, replace
+
+    if is_dataclass(name) and not isinstance(name, type):
+        cfg = name
+    elif name in configs:
+        cfg = configs[name]
+    else:
+        raise ValueError(f"unknown {what} configuration {name!r}: use one of {sorted(configs)}")
+    known = {f.name for f in fields(cfg)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown {type(cfg).__name__} field(s) {unknown}; the fields are {sorted(known)}")
+    return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+

@@ -257,7 +257,7 @@ Markdown(
 
 # %% [markdown]
 # **What hard routing saves.** The released code runs all $K$ experts on every image and then indexes the chosen
-# one; the book's model sends each image through its own expert only (`medmoe.moe.plan_dispatch`). The benchmark
+# one; the book's model sends each image through its own expert only (`medmoe.moe.dispatch_combine`). The benchmark
 # script `python -m medmoe.benchmarks.medmoe_routing` times both in the paper configuration; here it runs with a
 # small batch (images spread over the experts, the worst case for dispatch).
 

@@ -363,3 +363,20 @@ def test_docstring_examples(name):
     mod = importlib.import_module(f"medmoe.moe.{name}")
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, extraglobs={"torch": torch})
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_dispatch_combine_with_experts_returning_tuples():
+    """Experts that return several tensors (MedMoE: fused features and scale weights) are combined element-wise."""
+    torch.manual_seed(0)
+    lin = [torch.nn.Linear(4, 3) for _ in range(2)]
+    experts = [lambda x, f=f: (f(x), x.sum(-1, keepdim=True)) for f in lin]
+    x = torch.randn(5, 4)
+    idx = torch.tensor([[1], [0], [1], [1], [0]])
+    (y, s), counts = dispatch_combine(x, experts, idx)
+    assert counts.tolist() == [2, 3]
+    for i in range(5):
+        assert torch.allclose(y[i], lin[int(idx[i])](x[i]))
+        assert torch.allclose(s[i], x[i].sum(-1, keepdim=True))
+    w = torch.tensor([[0.0, 2.0], [0.5, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    (yw, sw), _ = dispatch_combine(x, experts, idx, w)
+    assert torch.allclose(sw[0], 2.0 * s[0]) and torch.allclose(yw[1], 0.5 * y[1])

@@ -27,7 +27,7 @@ report (:func:`medmoe.encoders.encode_cached`), not every epoch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -36,7 +36,7 @@ from monai.networks.blocks import SubpixelUpsample, UnetOutBlock, UnetrUpBlock
 from torch import nn
 
 from medmoe.moe import GateOutput, SoftGate
-from medmoe.utils import check_rank
+from medmoe.utils import check_rank, resolve_config
 
 __all__ = [
     "AriadneConfig",
@@ -344,13 +344,7 @@ class TextGuidedSegmenter(nn.Module):
 
 def build_model(name: str = "mlmoe_quick", *, encoder: nn.Module | None = None, **overrides) -> TextGuidedSegmenter:
     """Build a registered configuration, with field overrides (e.g. ``num_experts=8, gate_visual=False``)."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown model configuration {name!r}; known: {sorted(CONFIGS)}")
-    fields = set(asdict(CONFIGS[name]))
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown AriadneConfig field(s) {unknown}; fields: {sorted(fields)}")
-    cfg = replace(CONFIGS[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    cfg = resolve_config(name, CONFIGS, overrides, what="model")
     if cfg.num_experts < 0:
         raise ValueError(f"num_experts must be >= 0, got {cfg.num_experts}")
     return TextGuidedSegmenter(cfg, encoder=encoder)

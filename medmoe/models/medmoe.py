@@ -11,7 +11,7 @@ Image branch (:class:`MedMoE`)
     common width ``D`` (1x1 Conv1d + ReLU), aligns every scale to the H/4 token count, predicts per-location
     scale weights ``beta_k^(l)`` (an MLP ``D -> D/2 -> 1``, softmax over the 4 scales) and fuses
     ``V_k = sum_l beta_k^(l) F_k^(l)`` (the equation of Sec. 4.3). Only the selected expert runs for each
-    image (:func:`medmoe.moe.plan_dispatch`); ``V_local = V_{k*}`` (B, D, H/4, W/4) and
+    image (:func:`medmoe.moe.dispatch_combine`); ``V_local = V_{k*}`` (B, D, H/4, W/4) and
     ``v_g = mean(V_local)`` (B, D).
 
     * ``router_input="image"`` (default: Fig. 2 and the code) or ``"text"`` (the text of Sec. 4.3: route on the
@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmoe.moe import GateOutput, HardRouter, plan_dispatch
-from medmoe.utils import check_rank
+from medmoe.moe import GateOutput, HardRouter, dispatch_combine
+from medmoe.utils import check_rank, resolve_config
 
 __all__ = [
     "MedMoEConfig",
@@ -132,19 +132,7 @@ def build_model(name: str | MedMoEConfig = "medmoe_paper", *, swin: nn.Module | 
         >>> m.config.num_experts, m.config.align
         (3, 'bilinear2d')
     """
-    from dataclasses import fields, replace
-
-    if isinstance(name, MedMoEConfig):
-        cfg = name
-    elif name in CONFIGS:
-        cfg = CONFIGS[name]
-    else:
-        raise ValueError(f"unknown MedMoE configuration {name!r}: use one of {sorted(CONFIGS)}")
-    known = {f.name for f in fields(MedMoEConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown MedMoEConfig field(s) {unknown}; the fields are {sorted(known)}")
-    return MedMoE(config=replace(cfg, **overrides), backbone=swin)
+    return MedMoE(config=resolve_config(name, CONFIGS, overrides, what="MedMoE"), backbone=swin)
 
 
 class MultiScaleExpert(nn.Module):
@@ -308,18 +296,7 @@ class MedMoE(nn.Module):
             beta = torch.stack([o[1] for o in outs], dim=1)[torch.arange(b), chosen]
             counts = torch.bincount(chosen, minlength=k)
         else:
-            plan = plan_dispatch(gate.indices, k)
-            v = beta = None
-            for e, rows in enumerate(plan.split()):
-                if rows.numel() == 0:
-                    continue
-                ve, be = self.experts[e](*(m[rows] for m in maps))
-                if v is None:
-                    v = ve.new_zeros((b, *ve.shape[1:]))
-                    beta = be.new_zeros((b, *be.shape[1:]))
-                v = v.index_add(0, rows, ve)
-                beta = beta.index_add(0, rows, be)
-            counts = plan.counts
+            (v, beta), counts = dispatch_combine(maps, self.experts, gate.indices)
         # The combine weight of hard routing is 1 (no gradient to the router from the task losses); with the
         # router's straight-through option it is 1 + p - sg(p).
         w = gate.weights.gather(-1, gate.indices)[:, 0].to(v.dtype)

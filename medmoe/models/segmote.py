@@ -34,7 +34,7 @@ Configurations (:data:`CONFIGS`): ``sam_b`` -- the paper's text (SAM ViT-B, 256-
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import NamedTuple
 
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmoe.moe import GateOutput, NoisyTopKGate, dispatch_combine, importance_load_loss
-from medmoe.utils import check_rank
+from medmoe.utils import check_rank, resolve_config
 
 __all__ = ["SegMoTEConfig", "CONFIGS", "build_sam", "load_sam_checkpoint", "MoTE", "PromptTokenizer", "SegMoTE",
            "SegMoTEOutput", "build_model"]
@@ -457,14 +457,4 @@ class SegMoTE(nn.Module):
 def build_model(name: str | SegMoTEConfig = "sam_b", *, sam=None, **overrides) -> SegMoTE:
     """A :class:`SegMoTE` from a name of :data:`CONFIGS` (or a config), fields overridden by keyword; ``sam``
     passes an existing (e.g. pretrained) ``Sam`` of the same configuration."""
-    if isinstance(name, SegMoTEConfig):
-        cfg = name
-    elif name in CONFIGS:
-        cfg = CONFIGS[name]
-    else:
-        raise ValueError(f"unknown SegMoTE configuration {name!r}: use one of {sorted(CONFIGS)}")
-    known = {f.name for f in fields(SegMoTEConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown SegMoTEConfig field(s) {unknown}; the fields are {sorted(known)}")
-    return SegMoTE(config=replace(cfg, **overrides), sam=sam)
+    return SegMoTE(config=resolve_config(name, CONFIGS, overrides, what="SegMoTE"), sam=sam)

@@ -86,7 +86,8 @@ def dispatch_combine(
 
     Returns:
         ``(y, counts)``: ``y`` of shape ``(M, *expert_output_shape)`` and per-expert assignment counts ``(N,)``.
-        Experts that receive nothing are not called.
+        Experts that receive nothing are not called. Experts that return a tuple of tensors (e.g. MedMoE's fused
+        features and scale weights) give a tuple ``y``, each element combined the same way.
 
     Example:
         >>> experts = [torch.nn.Linear(4, 2) for _ in range(3)]
@@ -106,17 +107,19 @@ def dispatch_combine(
     if weights is not None and (weights.ndim != 2 or weights.shape != (m, len(experts))):
         raise ValueError(f"weights must have shape ({m}, {len(experts)}), got {tuple(weights.shape)}")
     plan = plan_dispatch(indices, len(experts))
-    out: torch.Tensor | None = None
+    out: list[torch.Tensor] | None = None
+    single = True
     for e, rows in enumerate(plan.split()):
         if rows.numel() == 0:
             continue
-        y = experts[e](*(t[rows] for t in xs))
+        ys = experts[e](*(t[rows] for t in xs))
+        single = isinstance(ys, torch.Tensor)
+        ys = (ys,) if single else tuple(ys)
         if weights is not None:
-            w = weights[rows, e].to(y.dtype)
-            y = y * w.reshape(-1, *([1] * (y.ndim - 1)))
+            ys = tuple(y * weights[rows, e].to(y.dtype).reshape(-1, *([1] * (y.ndim - 1))) for y in ys)
         if out is None:
-            out = y.new_zeros((m, *y.shape[1:]))
-        out = out.index_add(0, rows, y)
+            out = [y.new_zeros((m, *y.shape[1:])) for y in ys]
+        out = [o.index_add(0, rows, y) for o, y in zip(out, ys)]
     if out is None:  # no inputs at all
         raise ValueError("dispatch_combine got zero inputs; nothing to compute")
-    return out, plan.counts
+    return (out[0] if single else tuple(out)), plan.counts

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "TASK_CLASSES", "GROUP_A", "PhantomSegTasks", "box_from_mask", "point_from_mask", "sample_prompts",
-    "sam_decode", "sam_pretrain_step", "standin_loss", "cache_embeddings", "EmbeddingTasks", "seg_loss", "segmote_step",
+    "sam_decode", "prompt_tokens_by_kind", "sam_pretrain_step", "standin_loss", "cache_embeddings", "EmbeddingTasks", "seg_loss", "segmote_step",
     "evaluate",
 ]
 
@@ -130,13 +130,16 @@ def sample_prompts(masks: torch.Tensor, group_a: torch.Tensor, *, generator: tor
 
 
 def sam_decode(sam, image_embeddings: torch.Tensor, *, boxes: torch.Tensor | None = None,
-               points: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+               points: tuple[torch.Tensor, torch.Tensor] | None = None, sparse: torch.Tensor | None = None) -> torch.Tensor:
     """Plain SAM, batched one prompt per image: low-resolution logits ``(B, 1, 4h, 4w)`` from SAM's first mask
     token (``multimask_output=False``). ``segment_anything``'s ``MaskDecoder.predict_masks`` pairs every prompt with
-    one image; this runs its modules for a batch of (image, prompt) pairs."""
+    one image; this runs its modules for a batch of (image, prompt) pairs. ``sparse`` passes ready prompt tokens
+    instead of ``boxes``/``points``."""
     pe, dec = sam.prompt_encoder, sam.mask_decoder
-    sparse, dense = pe(points, boxes, None)
+    if sparse is None:
+        sparse = pe(points, boxes, None)[0]
     b = image_embeddings.shape[0]
+    dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, *image_embeddings.shape[-2:])
     out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0).unsqueeze(0).expand(b, -1, -1)
     tokens = torch.cat([out_tokens, sparse], dim=1)
     src = image_embeddings + dense
@@ -145,6 +148,17 @@ def sam_decode(sam, image_embeddings: torch.Tensor, *, boxes: torch.Tensor | Non
     up = dec.output_upscaling(keys.transpose(1, 2).reshape(b, d, h, w))
     hyper = dec.output_hypernetworks_mlps[0](hs[:, 1])
     return (hyper[:, None] @ up.flatten(2)).reshape(b, 1, *up.shape[-2:])
+
+
+def prompt_tokens_by_kind(kinds: Sequence[str], encode, *, batch: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+    """Sparse prompt tokens ``(B, 2, D)`` for a batch that mixes prompt kinds row by row: ``encode(kind, rows)``
+    returns the tokens of the rows of one kind (a box: 2 corner tokens; a point: the point and SAM's padding token;
+    PPT: its 2 queries)."""
+    sparse = like.new_zeros(batch, 2, dim)
+    for kind in dict.fromkeys(kinds):
+        rows = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
+        sparse = sparse.index_put((rows,), encode(kind, rows))
+    return sparse
 
 
 def seg_loss():
@@ -175,15 +189,14 @@ def sam_pretrain_step(sam, batch, *, loss_fn, generator: torch.Generator | None 
     emb = sam.image_encoder(x)
     pr = sample_prompts(masks, torch.zeros(len(masks), dtype=torch.bool), generator=generator,
                         probs={"box": 0.5, "point": 0.5, "free": 0.0})
-    use_box = torch.tensor([k == "box" for k in pr["kind"]])
-    logits = []
-    for rows, kw in ((use_box, dict(boxes=pr["boxes"])), (~use_box, dict(points=(pr["points"], torch.ones(len(masks), 1))))):
-        if rows.any():
-            kw = {k: (v[rows] if not isinstance(v, tuple) else tuple(t[rows] for t in v)) for k, v in kw.items()}
-            logits.append((rows, sam_decode(sam, emb[rows], **kw)))
-    out = torch.zeros(len(masks), 1, *logits[0][1].shape[-2:])
-    for rows, lg in logits:
-        out = out.index_put((rows.nonzero()[:, 0],), lg)
+
+    def encode(kind, rows):
+        if kind == "box":
+            return sam.prompt_encoder(None, pr["boxes"][rows], None)[0]
+        return sam.prompt_encoder((pr["points"][rows], torch.ones(len(rows), 1)), None, None)[0]
+
+    sparse = prompt_tokens_by_kind(pr["kind"], encode, batch=len(masks), dim=emb.shape[1], like=emb)
+    out = sam_decode(sam, emb, sparse=sparse)
     loss = loss_fn(out, _low_res(masks, out.shape[-1]))
     return {"loss": loss}
 
@@ -220,20 +233,15 @@ class EmbeddingTasks(Dataset):
 
 def _prompted(model, batch, kinds: Sequence[str], boxes, points):
     emb, early = batch["emb"], batch["early"]
-    b = emb.shape[0]
-    sparse = emb.new_zeros(b, 2, model.config.prompt_dim)
-    for kind in ("box", "point", "free"):
-        rows = torch.tensor([k == kind for k in kinds])
-        if not rows.any():
-            continue
-        idx = rows.nonzero()[:, 0]
+
+    def encode(kind, rows):
         if kind == "box":
-            tok = model.prompt_tokens(emb[idx], boxes=boxes[idx])
-        elif kind == "point":
-            tok = model.prompt_tokens(emb[idx], points=(points[idx], torch.ones(len(idx), 1)))
-        else:
-            tok = model.prompt_tokens(emb[idx], prompt_free=True)
-        sparse = sparse.index_put((idx,), tok)
+            return model.prompt_tokens(emb[rows], boxes=boxes[rows])
+        if kind == "point":
+            return model.prompt_tokens(emb[rows], points=(points[rows], torch.ones(len(rows), 1)))
+        return model.prompt_tokens(emb[rows], prompt_free=True)
+
+    sparse = prompt_tokens_by_kind(kinds, encode, batch=emb.shape[0], dim=model.config.prompt_dim, like=emb)
     return model.decode(emb, early, sparse=sparse)
 
 
@@ -262,7 +270,7 @@ def evaluate(model, data: Dataset, *, prompt: str, batch_size: int = 64, seed: i
     was = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
-    preds, rows = [], []
+    preds, truths, rows = [], [], []
     for batch in DataLoader(data, batch_size=batch_size):
         b = batch["mask"].shape[0]
         boxes = torch.stack([box_from_mask(batch["mask"][i, 0]) for i in range(b)])
@@ -270,13 +278,14 @@ def evaluate(model, data: Dataset, *, prompt: str, batch_size: int = 64, seed: i
         out = _prompted(model, batch, [prompt] * b, boxes, points)
         full = model.upscale(out.masks, size=tuple(batch["mask"].shape[-2:])) > 0
         preds.append(full.cpu())
+        truths.append(batch["mask"][:, 0] > 0.5)
         for i in range(b):
             rows.append({"image_index": int(batch["image_index"][i]), "class_index": int(batch["class_index"][i]),
                          "modality": int(batch["modality"][i]), "selected": int(out.selected[i]),
                          "experts": [int(m.gate.indices[i, int(out.selected[i]), 0]) for m in out.motes]})
     model.train(was)
     pred = torch.cat(preds)[:, 0]
-    masks = torch.stack([data[k]["mask"][0] for k in range(len(data))]) > 0.5
+    masks = torch.cat(truths)
     # Regroup items by image into per-class channels, as the reference code scores an image's classes together.
     images = sorted({r["image_index"] for r in rows})
     n_cls = max(r["class_index"] for r in rows) + 1
