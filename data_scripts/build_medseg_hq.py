@@ -19,6 +19,9 @@ Sources (``--list`` prints each with its homepage, access kind and the folder it
 * ``segthor`` -> ``segthor`` (out-of-domain, all test): ``<patient>/<patient>.nii.gz`` + ``<patient>/GT.nii.gz``
 * ``totalseg_mri`` -> ``totalseg_mri`` (out-of-domain, all test): ``s<id>/mri.nii.gz`` +
   ``s<id>/segmentations/<structure>.nii.gz``
+* ``isles22`` -> ``isles22`` (out-of-domain, all test): the BIDS release,
+  ``rawdata/sub-strokecase<id>/ses-0001/dwi/*_dwi.nii.gz`` + ``derivatives/sub-strokecase<id>/ses-0001/*_msk.nii.gz``
+  (the DWI sequence, on whose grid the lesion masks are drawn; stroke_lesion)
 
 What it does, per source:
 
@@ -38,7 +41,7 @@ What it does, per source:
 * splits **patients** 9:1 into ``training`` / ``test`` with ``--seed`` (``--test-fraction``); a volume is
   one patient (CHAOS, AMOS case ids), an SZ-CXR patient is ``CHNCXR_<id>``; ISIC 2018 file names carry
   no patient or lesion id, so each image is its own group there. The out-of-domain sets (SegTHOR,
-  TotalSegmentator MRI) go entirely to ``test``. The patient lists are stored in ``dataset.json`` under
+  TotalSegmentator MRI, ISLES 2022) go entirely to ``test``. The patient lists are stored in ``dataset.json`` under
   ``patients`` (the loaders ignore the key).
 
 Not reproduced: MedSeg-HQ's quality filtering (clarity, contrast, entropy, foreground ratio, connected
@@ -328,6 +331,20 @@ def find_totalseg_mri(folder: Path, options: Options) -> list[Case]:
     return cases
 
 
+def find_isles22(folder: Path, options: Options) -> list[Case]:
+    """ISLES 2022 (BIDS): each case's DWI volume and its lesion mask (``*_msk.nii.gz``, drawn on the DWI grid)."""
+    cases = []
+    for mask_path in sorted(folder.rglob("*_msk.nii*"), key=natural_key):
+        subject = next((part for part in mask_path.parts if part.startswith("sub-")), None)
+        if subject is None:
+            raise ValueError(f"{mask_path}: no sub-<id> folder in its path (ISLES 2022 is a BIDS tree)")
+        dwi = sorted(p for p in folder.rglob(f"{subject}_*dwi.nii*") if "derivatives" not in p.parts)
+        if not dwi:
+            raise FileNotFoundError(f"{mask_path} has no DWI image rawdata/{subject}/ses-*/dwi/{subject}_*_dwi.nii.gz")
+        cases.append(_volume_case(subject, _label_map_loader(dwi[0], mask_path, 1), ct=False, options=options))
+    return cases
+
+
 # --------------------------------------------------------------------------------------------------
 # DICOM: CHAOS
 # --------------------------------------------------------------------------------------------------
@@ -406,6 +423,9 @@ BUILDERS: dict[str, Builder] = {b.key: b for b in (
     Builder("totalseg_mri", "totalseg_mri", "totalsegmentator_mri", tuple(TOTALSEG_MRI_GROUPS), "mr",
             "s<id>/mri.nii.gz and s<id>/segmentations/<structure>.nii.gz anywhere inside", find_totalseg_mri,
             ood=True),
+    Builder("isles22", "isles22", "isles22", ("stroke_lesion",), "mr",
+            "rawdata/sub-strokecase<id>/ses-0001/dwi/*_dwi.nii.gz and derivatives/sub-strokecase<id>/ses-0001/*_msk.nii.gz",
+            find_isles22, ood=True),
 )}
 
 

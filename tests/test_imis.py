@@ -346,6 +346,50 @@ def test_build_isic_and_amos(builder, tmp_path, capsys):
     assert capsys.readouterr().out.count("up to date") == 3
 
 
+def _fake_isles(folder: Path, n: int = 3) -> None:
+    """A BIDS tree as ISLES-2022.zip unpacks: DWI (and ADC, which must be ignored) per case plus a lesion mask."""
+    import nibabel as nib
+
+    for i in range(1, n + 1):
+        sub = f"sub-strokecase{i:04d}"
+        dwi = np.full((8, 8, 6), 10.0, dtype=np.float32)
+        mask = np.zeros((8, 8, 6), dtype=np.uint8)
+        mask[2:5, 3:6, 1:4] = 1
+        dwi[mask > 0] = 500.0  # the lesion is bright on DWI
+        raw = folder / "ISLES-2022" / "rawdata" / sub / "ses-0001"
+        for kind, data in (("dwi", dwi), ("adc", np.zeros_like(dwi))):
+            (raw / "dwi").mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, np.eye(4)), raw / "dwi" / f"{sub}_ses-0001_{kind}.nii.gz")
+        der = folder / "ISLES-2022" / "derivatives" / sub / "ses-0001"
+        der.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), der / f"{sub}_ses-0001_msk.nii.gz")
+
+
+def test_build_isles22_out_of_domain(builder, tmp_path):
+    root = tmp_path / "data"
+    _fake_isles(root / "isles22")
+    assert builder.main(["isles22", "--root", str(root), "--slice-step", "1"]) == 0
+    out = root / "medseg_hq" / "isles22"
+    data = json.loads((out / "dataset.json").read_text())
+    assert list(data["labels"].values()) == ["background", "stroke_lesion"]
+    assert data["training"] == [] and len(data["test"]) == 3 * 3  # out-of-domain: every lesion slice is test
+    ds = IMISDataset(root=out, split="test", size=8)
+    assert {ds[i]["class_name"] for i in range(len(ds))} == {"stroke_lesion"}
+    for e in data["test"]:  # the image is the DWI (lesion bright), not the empty ADC
+        grey = np.asarray(Image.open(out / e["image"]).convert("L"))
+        fg = read_sparse_mask(out / e["label"])[0] > 0
+        assert grey[fg].min() > grey[~fg].max()
+
+
+def test_build_isles22_without_dwi_names_the_missing_file(builder, tmp_path, capsys):
+    root = tmp_path / "data"
+    _fake_isles(root / "isles22", n=1)
+    for f in (root / "isles22").rglob("*_dwi.nii.gz"):
+        f.unlink()
+    assert builder.main(["isles22", "--root", str(root)]) == 1
+    assert "sub-strokecase0001" in capsys.readouterr().err
+
+
 def test_split_patients_is_seeded_and_nine_to_one(builder):
     patients = [f"p{i}" for i in range(40)]
     a = builder.split_patients(patients, test_fraction=0.1, seed=1)
@@ -363,7 +407,7 @@ def test_build_missing_input_explains_the_download(builder, tmp_path, capsys):
 def test_build_list_and_usage(builder, capsys):
     assert builder.main(["--list", "--root", "data"]) == 0
     listing = capsys.readouterr().out
-    for key in ("isic2018", "sz_cxr", "chaos_ct", "amos_mri", "segthor", "totalseg_mri"):
+    for key in ("isic2018", "sz_cxr", "chaos_ct", "amos_mri", "segthor", "totalseg_mri", "isles22"):
         assert key in listing
     assert "token access" in listing and "manual access" in listing and "open access" in listing
     assert builder.main(["not_a_source"]) == 2

@@ -259,3 +259,96 @@ def test_paper_size_step_on_imis_layout_data_with_a_sam_checkpoint(tmp_path):
     loss = R.seg_loss()(out.masks, (F.interpolate(item["mask"][None], size=128) > 0.5).float()) + 0.01 * out.balance_loss
     loss.backward()
     assert m.motes[-1].gate.w_gate.grad is not None and all(p.grad is None for p in m.sam.parameters())
+
+
+def _imis_root(tmp_path, n_train=0):
+    """Two IMIS-layout folders: a two-class 'organs' set (96 x 80 images; 3 test and ``n_train`` training images) and
+    a binary ISIC-like set (group A, one test image and ``n_train`` training images)."""
+    import numpy as np
+
+    from medmoe.data.imis import write_imis_layout
+
+    items = []
+    for i in range(3 + n_train):
+        image = np.zeros((96, 80, 3), np.uint8)
+        masks = np.zeros((2, 96, 80), np.uint8)
+        masks[0, 10 + i:50, 8:40] = 1
+        image[masks[0] > 0] = 180
+        if i != 1:  # class 2 is absent from image 1
+            masks[1, 60:90, 50:75] = 1
+            image[masks[1] > 0] = 90
+        items.append({"name": f"o{i}", "image": image, "masks": masks, "split": "test" if i < 3 else "training"})
+    write_imis_layout(tmp_path / "hq", "organs", items, ["liver", "spleen"])
+    lesions = []
+    for i in range(1 + n_train):
+        lesion = np.zeros((1, 40, 40), np.uint8)
+        lesion[0, 12 + i:30, 10:28 - i] = 1
+        lesions.append({"name": f"isic{i}", "image": np.repeat(lesion[0, :, :, None] * 200, 3, -1), "masks": lesion,
+                        "split": "test" if i == 0 else "training"})
+    write_imis_layout(tmp_path / "hq", "isic2018_task1", lesions, ["skin_lesion"])
+    return tmp_path / "hq"
+
+
+def test_imis_tasks_match_the_phantom_interface_and_are_scored_at_the_original_resolution(tmp_path):
+    from medmoe.data.imis import MultiDatasetIMIS
+    from medmoe.recipes import segmote as R
+
+    tasks = R.IMISSegTasks(MultiDatasetIMIS(root=_imis_root(tmp_path), split="test", size=64))
+    assert tasks.modalities == ("isic2018_task1", "organs") and tasks.num_images == 4
+    assert tasks.class_names == ["isic2018_task1/skin_lesion", "organs/liver", "organs/spleen"]
+    assert len(tasks) == 1 + 3 + 2  # one item per (image, present class)
+    item = tasks[1]
+    assert item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
+    assert tasks.original_mask(1).shape == (96, 80)  # the stored resolution, for the metric
+    assert [tasks.is_group_a(k) for k in range(len(tasks))] == [True] + [False] * 5
+
+    m = _model()
+    data = R.EmbeddingTasks(tasks, R.cache_embeddings(m, tasks))
+    assert data[0]["emb"].shape[0] == m.config.prompt_dim and "image" not in data[0]
+    r = R.evaluate(m, data, prompt="box")
+    assert len(r["rows"]) == len(tasks) and len(r["rows"][0]["confidence"]) == m.config.num_expert_tokens
+    # the metric by hand: upsample each item's logits to its original size, Dice per class, mean per image, mean
+    torch.manual_seed(0)
+    per_image = {}
+    m.eval()
+    with torch.no_grad():
+        for k in range(len(tasks)):
+            d = data[k]
+            out = m(d["emb"][None], d["early"][None], boxes=R.box_from_mask(d["mask"][0])[None])
+            truth = tasks.original_mask(k)
+            pred = m.upscale(out.masks, size=tuple(truth.shape))[0, 0] > 0
+            per_image.setdefault(d["image_index"], []).append(2 * float((pred & truth).sum()) / (float(pred.sum() + truth.sum()) + 1e-8))
+    expected = sum(sum(v) / len(v) for v in per_image.values()) / len(per_image)
+    assert r["dice"] == pytest.approx(expected, abs=1e-5)
+    assert torch.isnan(r["per_class"]).sum() == 0 and len(r["per_class"]) == 3
+    assert len(R.evaluate(m, data, prompt="free")["rows"]) == 1  # PPT: group-A items only
+    # without a cache the frozen encoder runs per batch: same numbers, and a training step works on images
+    online = R.EmbeddingTasks(tasks, None)
+    assert "image" in online[0] and "emb" not in online[0]
+    assert R.evaluate(m, online, prompt="box")["dice"] == pytest.approx(r["dice"], abs=1e-5)
+    batch = torch.utils.data.default_collate([online[k] for k in range(len(online))])
+    R.segmote_step(m.train(), batch, loss_fn=R.seg_loss(), generator=torch.Generator().manual_seed(0))["loss"].backward()
+    assert m.motes[0].gate.w_gate.grad is not None and all(q.grad is None for q in m.sam.parameters())
+    with pytest.raises(ValueError, match="group-A"):
+        R.evaluate(m, R.EmbeddingTasks(R.IMISSegTasks(MultiDatasetIMIS(root=tmp_path / "hq", codes=["organs"], split="test",
+                                                                         size=64)), data.cache), prompt="free")
+
+
+def test_notebook_paper_profile_wiring_on_imis_layout_data(tmp_path):
+    """The chapter's `paper` path end to end at a tiny size: a SAM checkpoint from a local file, IMIS-layout folders
+    for training and evaluation, no embedding cache, the milestone schedule; metrics per data set come out."""
+    from pathlib import Path
+
+    from medmoe.runner import run_notebook
+
+    root = _imis_root(tmp_path, n_train=4)
+    torch.save(build_sam(CONFIGS["segmote_test"]).state_dict(), tmp_path / "sam.pth")
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "03_segmote.py"
+    rec = run_notebook(nb, profile="smoke", out_dir=tmp_path / "out", parameters={
+        "config": "segmote_test", "sam_checkpoint": str(tmp_path / "sam.pth"), "dataset": "imis", "data_root": str(root),
+        "image_size": 64, "cache": False, "lr_milestones": "1", "epochs": 2, "batch_size": 4, "num_experts": 3,
+        "num_expert_tokens": 3})
+    metrics = rec["metrics"]
+    for key in ("dice_box_organs", "dice_point_organs", "dice_box_isic2018_task1", "dice_free_isic2018_task1", "dice_prompt_free"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["sam_unchanged"] is True

@@ -532,14 +532,23 @@ class IMISDataset(Dataset):
         resized = _resize_nearest(original, self.size)
         return torch.from_numpy(resized.astype(np.float32))[None], torch.from_numpy(original.copy())
 
+    def load_image(self, record: int) -> torch.Tensor:
+        """Image ``record`` of :attr:`records`: float32 ``(3, S, S)`` RGB in [0, 1], nearest-neighbour resize."""
+        with Image.open(self.records[record][0]) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        return torch.from_numpy(_resize_nearest(rgb, self.size).astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+    def load_mask(self, record: int, channel: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class ``channel`` of image ``record``: the mask ``(1, S, S)`` float32 (nearest resize) and the uint8
+        ``(H, W)`` mask at the stored resolution."""
+        return self._mask(read_sparse_mask(self.records[record][1]), channel)
+
     def __getitem__(self, index: int) -> dict:
         r, ch = self.index[index]
         image_path, label_path, imask_path, present = self.records[r]
-        with Image.open(image_path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        image = torch.from_numpy(_resize_nearest(rgb, self.size).astype(np.float32) / 255.0).permute(2, 0, 1)
+        image = self.load_image(r)
         full = read_sparse_mask(label_path)
-        item: dict = {"image": image.contiguous(), "dataset": self.code, "path": str(image_path),
+        item: dict = {"image": image, "dataset": self.code, "path": str(image_path),
                       "label_path": str(label_path)}
         if self.mode == "per_class":
             chosen = [ch]
