@@ -102,6 +102,8 @@ def matching_runs(cell: Cell, runs: list[dict[str, Any]], *, quick: bool = False
 
 
 def _fmt(x: Any) -> str:
+    if x is None:
+        return "not public"
     return f"{x:.2f}" if isinstance(x, (int, float)) else str(x)
 
 

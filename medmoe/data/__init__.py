@@ -14,6 +14,10 @@
 * :mod:`medmoe.data.imis` -- the IMIS-Bench layout SegMoTE reads (``<CODE>/dataset.json``, sparse
   ``x___<name>.(C, H, W, 1).npz`` labels): write phantoms in it, load it per class or per image, several
   data sets at once (``data_scripts/build_medseg_hq.py`` writes the public sources in it).
+* :mod:`medmoe.data.universal` -- the CLIP-Driven Universal Model's conventions MoME builds on: the
+  32-class CT template, tab-separated dataset lists, per-dataset label transfer (organs include their
+  lesions, left/right splits) and a MONAI-preprocessed 3D dataset (``data_scripts/prepare_universal.py``
+  arranges AMOS, the MSD CT tasks and TotalSegmentator in that layout).
 * :mod:`medmoe.data.download` -- the verified, resumable downloader; :mod:`medmoe.data.sources` -- the
   catalogue of real datasets and weights (``python data_scripts/fetch.py --list``).
 
@@ -47,6 +51,11 @@ _EXPORTS = {
         "IMIS_SPLITS", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "IMISDataset", "MultiDatasetIMIS", "collate_imis",
         "mask_file_name", "parse_mask_shape", "pseudo_region_map", "read_sparse_mask", "sam_normalize",
         "write_dataset_json", "write_imis_item", "write_imis_layout", "write_sparse_mask",
+    ),
+    "universal": (
+        "UNIVERSAL_CLASSES", "NUM_UNIVERSAL_CLASSES", "TEMPLATE", "LABEL_TRANSFER", "UniversalCase",
+        "UniversalDataset", "parse_dataset_list", "partial_label_target", "transfer_label", "write_dataset_list",
+        "write_universal_fixture",
     ),
     "download": ("extract", "sha256sum", "DownloadError", "ChecksumError", "ManualDownloadRequired"),
     "sources": ("SOURCES", "Source", "RemoteFile", "fetch", "get_source"),

@@ -69,7 +69,7 @@ def default_data_root() -> str:
 
 
 __all__ = [
-    "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_MANUAL", "default_data_root",
+    "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_MANUAL", "default_data_root", "MSD_CT_TASKS",
     "Access",
     "RemoteFile",
     "Source",
@@ -627,7 +627,7 @@ register(Source(
     licence="CC BY 4.0",
     target="totalsegmentator_v201",
     size="23.6 GB",
-    used_by="SegMoTE chapter (MedSeg-HQ)",
+    used_by="SegMoTE chapter (MedSeg-HQ); MoME chapter (dataset 15, data_scripts/prepare_universal.py)",
 ))
 
 register(Source(
@@ -874,3 +874,37 @@ register(Source(
     used_by="SegMoTE chapter (out-of-domain evaluation; data_scripts/build_medseg_hq.py totalseg_mri); layout "
             "s<id>/mri.nii.gz + s<id>/segmentations/<structure>.nii.gz",
 ))
+
+# --- Chapter 4, MoME: the Medical Segmentation Decathlon CT tasks of the CLIP-Driven Universal Model collection
+#     (data_scripts/prepare_universal.py arranges them, with AMOS and TotalSegmentator, for medmoe.data.universal)
+
+#: MSD CT tasks of the Universal Model (dataset ids 10_03 ... 10_10): number -> (task folder, training
+#: cases, label values, md5 of the tar as pinned by MONAI's ``DecathlonDataset.md5``).
+MSD_CT_TASKS: dict[str, tuple[str, str, str, str]] = {
+    "03": ("Task03_Liver", "131 training CT", "1 liver, 2 liver tumour", "a90ec6c4aa7f6a3d087205e23d4e6397"),
+    "06": ("Task06_Lung", "63 training CT", "1 lung tumour", "8afd997733c7fc0432f71255ba4e52dc"),
+    "07": ("Task07_Pancreas", "281 training CT", "1 pancreas, 2 pancreas tumour", "4f7080cfca169fa8066d17ce6eb061e4"),
+    "08": ("Task08_HepaticVessel", "303 training CT", "1 hepatic vessel, 2 tumour", "641d79e80ec66453921d997fbf12a29c"),
+    "09": ("Task09_Spleen", "41 training CT", "1 spleen", "410d4a301da4e5b2f6f86ec3ddba524e"),
+    "10": ("Task10_Colon", "126 training CT", "1 colon tumour", "bad7a188931dc2f6acf72b08eb6202d0"),
+}
+
+for _number, (_task, _size, _labels, _md5) in MSD_CT_TASKS.items():
+    register(Source(
+        name=f"msd_{_task.lower()}",
+        description=f"Medical Segmentation Decathlon {_task} (imagesTr/labelsTr NIfTI; labels {_labels})",
+        access="open",
+        files=(RemoteFile(f"{_task}.tar", url=f"https://msd-for-monai.s3-us-west-2.amazonaws.com/{_task}.tar",
+                          md5=_md5, checksum_verified=False, extract=True,
+                          note="MONAI's mirror of the official archive (monai.apps.DecathlonDataset.resource); md5 "
+                               "pinned by MONAI (DecathlonDataset.md5), not by the MSD organisers. The official "
+                               "route is the Google Drive folder linked from medicaldecathlon.com. The tar may hold "
+                               "macOS '._*' files next to the volumes; prepare_universal.py skips them"),),
+        homepage="http://medicaldecathlon.com/",
+        licence="CC BY-SA 4.0",
+        target="msd",
+        size=_size,
+        expect=(f"{_task}/imagesTr", f"{_task}/labelsTr"),
+        used_by=f"MoME chapter (Universal Model dataset 10_{_number}; data_scripts/prepare_universal.py)",
+    ))
+del _number, _task, _size, _labels, _md5
