@@ -246,6 +246,30 @@ for ax, split in zip(axes[0], ev.split.unique()):
 fig.tight_layout()
 
 # %% [markdown]
+# **What the text codes can tell apart.** Every class-specific head, and MoME's router, is told which class it is
+# working on only through the class's text embedding. The cosine similarity of the prompt embeddings:
+
+# %%
+unit = torch.nn.functional.normalize(text.float(), dim=1)
+cosine = pd.DataFrame((unit @ unit.T).numpy(), index=classes, columns=classes)
+lower = {c.lower(): c for c in classes}
+kidneys = (lower.get("left kidney"), lower.get("right kidney"))
+display(cosine.round(3))
+
+
+def dice_np(p, t):
+    return float(2 * (p & t).sum() / (p.sum() + t.sum() + 1))
+
+
+side = None
+if all(kidneys):  # does a kidney head segment its own side or the other? (the volume of the router figure, first seed)
+    left, right = classes.index(kidneys[0]), classes.index(kidneys[1])
+    side = pd.DataFrame([{"model": n, "head": classes[h], "Dice with its own side": dice_np(mp_["probability"][h] > 0.5, mp_["label"][h] > 0),
+                          "Dice with the other side": dice_np(mp_["probability"][h] > 0.5, mp_["label"][o] > 0)}
+                         for n, mp_ in maps.items() for h, o in ((left, right), (right, left))]).set_index(["model", "head"])
+side.round(3) if side is not None else None
+
+# %% [markdown]
 # ## 5. Where the router looks: weights per class over slices
 #
 # For one test volume (the first seed's models; a volume whose source labels the most organs), the router's weight for each expert (decoder scale) of each
@@ -295,13 +319,23 @@ def dice_of(split, name):
 
 
 winner = max((base_config, mome_config), key=lambda n: mean_tab.loc[("test", n), "mean"])
+diff = mean_tab.loc[("test", mome_config), "mean"] - mean_tab.loc[("test", base_config), "mean"]
+spread = mean_tab.loc["test", "std"].max()
+verdict = (f"the two are within one seed standard deviation of each other (MoME - Universal = {diff:+.3f})" if abs(diff) <= spread
+           else f"the higher one here is **{'MoME' if winner == mome_config else 'the Universal Model'}** ({diff:+.3f})")
 held = f" On the held-out source: Universal Model {dice_of('held_out', base_config)}, MoME {dice_of('held_out', mome_config)}." \
     if "held_out" in volumes else ""
 top = weights_table.drop(index="background (all classes)").idxmax(axis=1).value_counts()
+kidney_text = "" if side is None else (
+    f" The prompts for the left and the right kidney have cosine **{cosine.loc[kidneys[0], kidneys[1]]:.3f}**, so the "
+    f"text-conditioned heads have little to tell the two sides apart: on the volume of the router figure, the kidney heads "
+    f"reach Dice {side['Dice with its own side'].mean():.3f} with their own side and {side['Dice with the other side'].mean():.3f} "
+    f"with the other side, on average over both models and both heads.")
 Markdown(
     f"Mean Dice over organs, {len(seeds)} seeds, in-domain test volumes: Universal Model {dice_of('test', base_config)}, "
-    f"MoME {dice_of('test', mome_config)}; the higher one here is **{'MoME' if winner == mome_config else 'the Universal Model'}**.{held} "
+    f"MoME {dice_of('test', mome_config)}: {verdict}.{held} "
     f"Inside the organs the router gives the largest weight to {', '.join(f'{k} ({v} organs)' for k, v in top.items())}."
+    + kidney_text
 )
 
 # %% [markdown]
