@@ -80,10 +80,12 @@ from PIL import Image
 try:
     from medmoe.data import imis, lvit
     from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root, get_source
+    from medmoe.utils import natural_key
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from medmoe.data import imis, lvit
     from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root, get_source
+    from medmoe.utils import natural_key
 
 DEFAULT_ROOT = default_data_root()
 _FORMAT = 1
@@ -151,11 +153,6 @@ class Builder:
 # --------------------------------------------------------------------------------------------------
 # Readers and intensity scaling
 # --------------------------------------------------------------------------------------------------
-
-
-def natural_key(path: Path) -> list[object]:
-    """Sort key treating digit runs as numbers (``IMG-2`` before ``IMG-10``)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
 def window_ct(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:

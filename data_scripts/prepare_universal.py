@@ -47,9 +47,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -61,11 +59,15 @@ try:
     from medmoe.data import lvit, universal
     from medmoe.data.sources import (EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, MSD_CT_TASKS, default_data_root,
                                      get_source)
+    from medmoe.data.download import place_file
+    from medmoe.utils import natural_key
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from medmoe.data import lvit, universal
     from medmoe.data.sources import (EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, MSD_CT_TASKS, default_data_root,
                                      get_source)
+    from medmoe.data.download import place_file
+    from medmoe.utils import natural_key
 
 DEFAULT_ROOT = default_data_root()
 _FORMAT = 1
@@ -134,11 +136,6 @@ NOT_SCRIPTED: tuple[tuple[str, str, str], ...] = (
 # --------------------------------------------------------------------------------------------------
 # Finding the cases
 # --------------------------------------------------------------------------------------------------
-
-
-def natural_key(path: Path) -> list[object]:
-    """Sort key treating digit runs as numbers (``liver_2`` before ``liver_10``)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
 def _nifti_stem(path: Path) -> str:
@@ -283,28 +280,17 @@ def split_patients(patients: Iterable[str], *, val_fraction: float, test_fractio
     return out
 
 
-def _place(src: Path, dst: Path, *, link: bool) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
-    shutil.copyfile(src, dst)
-
-
 def build_dataset(builder: Builder, cases: list[Case], tmp: Path, *, link: bool) -> dict[str, object]:
     """Place (or write) every case under ``tmp``, which becomes ``<out>/<builder.folder>``."""
     prefix = builder.folder + "/"
     for case in cases:
         image_dst, label_dst = tmp / case.image_rel[len(prefix):], tmp / case.label_rel[len(prefix):]
-        _place(case.image_src, image_dst, link=link)
+        place_file(case.image_src, image_dst, link=link)
         if case.write_label is not None:
             case.write_label(label_dst)
         else:
             assert case.label_src is not None
-            _place(case.label_src, label_dst, link=link)
+            place_file(case.label_src, label_dst, link=link)
     return {"cases": len(cases), "dataset": builder.dataset}
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "default_device", "check_rank", "check_last_dim", "resolve_config"]
+__all__ = ["seed_everything", "default_device", "check_rank", "check_last_dim", "resolve_config", "natural_key"]
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> int:
@@ -71,3 +73,12 @@ def resolve_config(name, configs: dict, overrides: dict, *, what: str):
         raise ValueError(f"unknown {type(cfg).__name__} field(s) {unknown}; the fields are {sorted(known)}")
     return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
+
+def natural_key(path: str | os.PathLike[str]) -> list[object]:
+    """Sort key of a path's name treating digit runs as numbers (``IMG-2`` before ``IMG-10``), case-insensitive.
+
+    Example:
+        >>> sorted(["b10.png", "b2.png"], key=natural_key)
+        ['b2.png', 'b10.png']
+    """
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", Path(path).name)]

@@ -54,6 +54,7 @@ __all__ = [
     "hash_file",
     "verify_file",
     "part_path",
+    "place_file",
 ]
 
 #: Bytes read per step when streaming (1 MiB): large enough to be fast, small enough for progress.
@@ -632,3 +633,17 @@ def _unpack(archive: Path, into: Path) -> None:
             tf.extractall(into, members=members, filter="data")
         else:  # pragma: no cover - old interpreters; our own checks above already ran
             tf.extractall(into, members=members)
+
+
+def place_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, link: bool = False) -> None:
+    """Put ``src`` at ``dst`` (parent folders created): a hard link when ``link`` and the file system allows it
+    (same disk), else a copy. Used by the data-preparation scripts to lay out downloaded files."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)

@@ -62,6 +62,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from medmoe.data.download import place_file
 from medmoe.data.qata import (
     _MASK_PREFIX,
     TABLE_COLUMNS,
@@ -575,13 +576,7 @@ class _Placer:
         return True
 
     def _copy(self, src: Path, dst: Path) -> None:
-        if self.link:
-            try:
-                os.link(src, dst)
-                return
-            except OSError:
-                pass
-        shutil.copyfile(src, dst)
+        place_file(src, dst, link=self.link)
 
     def image(self, src: Path, dst: Path) -> None:
         if not self._claim(src, dst):
