@@ -6,8 +6,8 @@ Layout (find things by folder name):
 * :mod:`medmoe.data` -- embedded phantom datasets and loaders for the real datasets' file layouts.
 * :mod:`medmoe.engine` -- the one training loop (Hugging Face Accelerate) every chapter uses.
 * :mod:`medmoe.metrics` -- each paper's Dice/IoU convention, named.
-* :mod:`medmoe.runner` -- ``medmoe run``: papermill + profiles + ``metrics.json`` with the environment.
-* :mod:`medmoe.registry` -- paper table cells -> notebook + parameters -> the paper's number.
+* :mod:`medmoe.repro.runner` -- ``medmoe run``: papermill + profiles + ``metrics.json`` with the environment.
+* :mod:`medmoe.repro.registry` -- paper table cells -> notebook + parameters -> the paper's number.
 """
 
 __version__ = "0.1.0"

@@ -57,9 +57,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, extract_model_from_parallel, set_seed
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-__all__ = ["TrainConfig", "FitResult", "fit", "load_best", "resolve_mixed_precision"]
+__all__ = ["TrainConfig", "FitResult", "fit", "make_loader", "train_loop", "load_best", "resolve_mixed_precision"]
 
 StepFn = Callable[[nn.Module, Any], Mapping[str, Any]]
 EvalFn = Callable[[nn.Module, Any], Mapping[str, float]]
@@ -94,7 +95,7 @@ class TrainConfig:
         seed: seeds Python/NumPy/torch and the per-epoch shuffle.
         resume: continue from ``out_dir/last`` when a checkpoint is there.
         run_key: a fingerprint of what defines the run (model, data, hyperparameters; e.g.
-            :func:`medmoe.runner.fingerprint`). A checkpoint saved under another key is never resumed: ``fit``
+            :func:`medmoe.repro.runner.fingerprint`). A checkpoint saved under another key is never resumed: ``fit``
             raises instead of silently continuing a different experiment.
         progress: show tqdm progress bars and one summary line per epoch.
         max_steps_per_epoch: cap on optimizer steps per epoch (quick smoke runs); ``None``: whole loader.
@@ -663,3 +664,42 @@ def load_best(model: nn.Module, out_dir: str | Path, *, strict: bool = True) -> 
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     extract_model_from_parallel(model).load_state_dict(state_dict, strict=strict)
     return model
+
+
+def make_loader(dataset: Any, batch_size: int, seed: int | None = None, *, drop_last: bool = False,
+                collate_fn: Callable | None = None) -> DataLoader:
+    """The one way the library turns a dataset into batches.
+
+    ``seed`` given: shuffled, with its own ``torch.Generator`` seeded by ``seed`` (:func:`fit` re-seeds the order
+    of every epoch with ``seed + epoch`` anyway); ``seed=None``: in order, for validation and evaluation.
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive int.
+
+    Example:
+        >>> [b.tolist() for b in make_loader(torch.arange(5), batch_size=2)]
+        [[0, 1], [2, 3], [4]]
+        >>> sorted(torch.cat(list(make_loader(torch.arange(5), batch_size=2, seed=0))).tolist())
+        [0, 1, 2, 3, 4]
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if seed is None:
+        return DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, collate_fn=collate_fn)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                      drop_last=drop_last, collate_fn=collate_fn)
+
+
+def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Any, *, step_fn: StepFn,
+               config: TrainConfig, batch_size: int, val_set: Any = None, val_batch_size: int = 64,
+               eval_fn: EvalFn | None = None, scheduler: Any = None, drop_last: bool = False,
+               collate_fn: Callable | None = None) -> FitResult:
+    """:func:`fit` on datasets: what every paper's ``recipe.train`` calls, so all of them train the same way.
+
+    The training loader is ``make_loader(train_set, batch_size, seed=config.seed)``; the validation loader (when
+    ``val_set`` is given) is ``make_loader(val_set, val_batch_size)``, in order. Everything else is :func:`fit`.
+    """
+    train_loader = make_loader(train_set, batch_size, seed=config.seed, drop_last=drop_last, collate_fn=collate_fn)
+    val_loader = None if val_set is None else make_loader(val_set, val_batch_size, collate_fn=collate_fn)
+    return fit(model, optimizer, train_loader, step_fn=step_fn, config=config, val_loader=val_loader, eval_fn=eval_fn,
+               scheduler=scheduler)

@@ -1,6 +1,6 @@
 """The environment a run happened in: package versions, device, git commit, memory.
 
-Recorded with every run by :mod:`medmoe.runner` (book: *Environment and commands*), so every number in
+Recorded with every run by :mod:`medmoe.repro.runner` (book: *Environment and commands*), so every number in
 the book can be traced to the software and hardware that produced it.
 """
 

@@ -1,16 +1,18 @@
-"""Small helpers shared across the library: seeding, devices, argument checks."""
+"""Small helpers shared across the library: seeding, the device, parameter counts, argument checks."""
 
 from __future__ import annotations
 
 import os
 import random
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "default_device", "check_rank", "check_last_dim", "resolve_config", "natural_key"]
+__all__ = ["seed_everything", "default_device", "resolve_device", "count_parameters", "check_rank", "check_last_dim",
+           "resolve_config", "natural_key"]
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> int:
@@ -34,6 +36,47 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> int:
 def default_device() -> torch.device:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The device a notebook's ``device`` parameter names: ``"auto"`` is :func:`default_device`, anything else is
+    passed to ``torch.device``.
+
+    Raises:
+        ValueError: a name ``torch.device`` does not know (``"gpu"``), or ``"cuda"`` without a visible GPU.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+    return dev
+
+
+def count_parameters(module: torch.nn.Module | Iterable[torch.nn.Parameter], *, trainable_only: bool = False) -> int:
+    """Number of parameters (elements) of a module or of an iterable of parameters; with ``trainable_only``, only
+    those with ``requires_grad``. Shared parameters are counted once.
+
+    Example:
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> count_parameters(lin), count_parameters([lin.weight])
+        (8, 6)
+        >>> _ = lin.bias.requires_grad_(False)
+        >>> count_parameters(lin, trainable_only=True)
+        6
+    """
+    params = module.parameters() if isinstance(module, torch.nn.Module) else module
+    unique = {id(p): p for p in params}
+    return sum(p.numel() for p in unique.values() if p.requires_grad or not trainable_only)
 
 
 def check_rank(x: torch.Tensor, ranks: int | tuple[int, ...], name: str) -> None:

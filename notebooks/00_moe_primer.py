@@ -81,7 +81,7 @@ import medmoe
 from medmoe.data.phantoms import MODALITIES, PhantomDataset2D
 from medmoe.engine import TrainConfig, fit
 from medmoe.metrics import per_image_dice
-from medmoe.models.primer import ToyMoESegmenter
+from medmoe.papers.primer.model import ToyMoESegmenter
 from medmoe.moe import (
     HardRouter,
     NoisyTopKGate,
@@ -96,7 +96,7 @@ from medmoe.moe import (
     router_z_loss,
     switch_balance_loss,
 )
-from medmoe.runner import save_results
+from medmoe.repro.runner import save_results
 from medmoe.utils import seed_everything
 from medmoe.viz import expert_load_bars, history_lines, phantom_gallery, routing_heatmaps
 
@@ -229,7 +229,7 @@ pd.DataFrame(rows).set_index("gates").round(3)
 # %% [markdown]
 # ## 4. One experiment, six routers
 #
-# The model (`medmoe.models.primer.ToyMoESegmenter`) is a three-layer CNN stem followed by $N$
+# The model (`medmoe.papers.primer.model.ToyMoESegmenter`) is a three-layer CNN stem followed by $N$
 # convolutional expert heads that each predict the lesion mask. The router sees the pooled mean and
 # spread of the stem's features. We train six variants with the same data, seed, optimiser and number of
 # steps, using the book's one training loop (`medmoe.engine.fit`, on Hugging Face Accelerate), and the

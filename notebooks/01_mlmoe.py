@@ -53,7 +53,7 @@ seed = 0                     # the seeds used are seed, seed + 1, ..., n_seeds o
 n_seeds = 3
 dataset = "phantoms"         # phantoms | qata | mosmed
 data_root = "data"           # real data: the folder prepared by data_scripts/prepare_qata.py / prepare_mosmed.py
-config = "mlmoe_quick"       # medmoe.models.ariadne.CONFIGS: mlmoe_quick | mlmoe_paper
+config = "mlmoe_quick"       # medmoe.papers.mlmoe.model.CONFIGS: mlmoe_quick | mlmoe_paper
 text_encoder = "minilm"      # minilm is packaged and offline; or a local CXR-BERT folder; or cxr-bert from the hub
 trust_remote_code = False    # CXR-BERT's code lives in its hub repository, so opt in explicitly
 image_encoder_weights = ""   # local folder of facebook/convnext-tiny-224; empty means random init
@@ -91,12 +91,12 @@ import torch
 from IPython.display import Markdown
 from torch.utils.data import DataLoader
 
-from medmoe.data.qata import QaTaDataset
-from medmoe.encoders import build_convnext, build_text_encoder, encode_cached
+from medmoe.papers.mlmoe.data import QaTaDataset
+from medmoe.backbones import build_convnext, build_text_encoder, encode_cached
 from medmoe.engine import load_best
 from medmoe.env import environment
-from medmoe.models.ariadne import CONFIGS, build_model
-from medmoe.recipes.mlmoe import (
+from medmoe.papers.mlmoe.model import CONFIGS, build_model
+from medmoe.papers.mlmoe.recipe import (
     evaluate,
     expert_word_attribution,
     prepare_phantom_qata,
@@ -104,7 +104,7 @@ from medmoe.recipes.mlmoe import (
     train_text_present,
     with_text,
 )
-from medmoe.runner import fingerprint, save_results
+from medmoe.repro.runner import fingerprint, save_results
 from medmoe.utils import seed_everything
 from medmoe.viz import phantom_gallery
 

@@ -54,7 +54,7 @@ seed = 0                     # the seeds used are seed, seed + 1, ..., n_seeds o
 n_seeds = 3
 dataset = "phantoms"         # phantoms | unimed
 data_root = "data"           # real data: UniMed tables under data/unimed, evaluation sets under data/unimed_clip_eval
-config = "medmoe_quick"      # medmoe.models.medmoe.CONFIGS: medmoe_quick | medmoe_paper
+config = "medmoe_quick"      # medmoe.papers.medmoe.model.CONFIGS: medmoe_quick | medmoe_paper
 text_encoder = "minilm"      # minilm is packaged and offline; or a local Bio_ClinicalBERT folder
 swin_weights = ""            # local folder of microsoft/swin-tiny-patch4-window7-224; empty means random init
 medclip_checkpoint = ""      # MedCLIP's pytorch_model.bin (or its folder), loaded into the Swin; empty skips it
@@ -93,13 +93,13 @@ import torch
 from IPython.display import Markdown
 
 from medmoe.data.phantoms import MODALITIES, PhantomDataset2D, PhantomFindingSet
-from medmoe.encoders import build_swin, build_text_encoder, load_medclip_swin
+from medmoe.backbones import build_swin, build_text_encoder, load_medclip_swin
 from medmoe.engine import load_best
 from medmoe.env import environment
-from medmoe.models.medmoe import CONFIGS, build_model, encode_reports
+from medmoe.papers.medmoe.model import CONFIGS, build_model, encode_reports
 from medmoe.moe.stats import contingency, normalized_mutual_information
-from medmoe.recipes import medmoe as recipe
-from medmoe.runner import fingerprint, save_results
+from medmoe.papers.medmoe import recipe as recipe
+from medmoe.repro.runner import fingerprint, save_results
 from medmoe.utils import seed_everything
 from medmoe.viz import phantom_gallery
 
@@ -118,7 +118,7 @@ print(f"profile {profile}: {dataset} data, config {config}, text encoder {text_e
 # **Evaluation** needs labelled sets. The phantom counterpart of the paper's benchmarks is a *finding* set per
 # modality: each image has one lesion, in one named region, and no distractor, and the class is the region
 # (6 classes for X-ray, CT and MRI, 5 for ultrasound and dermoscopy). Its class prompt is the report such an image
-# would have. On real data the same cells read `UniMedCaptions` and the evaluation sets of `medmoe.data.evalsets`.
+# would have. On real data the same cells read `UniMedCaptions` and the evaluation sets of `medmoe.papers.medmoe.evalsets`.
 
 # %%
 if dataset == "phantoms":
@@ -135,8 +135,8 @@ if dataset == "phantoms":
 elif dataset == "unimed":
     from torch.utils.data import random_split
 
-    from medmoe.data.evalsets import CLASS_PROMPTS, build_eval_set
-    from medmoe.data.unimed import UNIMED_CAPTION_FILES, UNIMED_MODALITIES, UniMedCaptions
+    from medmoe.papers.medmoe.evalsets import CLASS_PROMPTS, build_eval_set
+    from medmoe.papers.medmoe.data import UNIMED_CAPTION_FILES, UNIMED_MODALITIES, UniMedCaptions
 
     modality_names = list(UNIMED_MODALITIES)
     root = Path(data_root) / "unimed"
@@ -503,7 +503,7 @@ prompt_sim.round(3)
 #   Words are positions 1 to `cap_len` of the aggregated tokens: the words and `[SEP]`.
 # * **Evaluation.** The released evaluation scripts are empty. Zero-shot uses the global cosine with prompt
 #   ensembles; the linear probe a logistic regression on $v_g$ (the spec's proposal). The class prompts of the real
-#   sets are the book's own sentences in UniMed-CLIP's style (`medmoe.data.evalsets.CLASS_PROMPTS`), not its lists.
+#   sets are the book's own sentences in UniMed-CLIP's style (`medmoe.papers.medmoe.evalsets.CLASS_PROMPTS`), not its lists.
 #   RSNA has no training split in UniMed-CLIP's evaluation release, so its linear probe (Table 2's first block) is not
 #   run; thyroid, ACL and MedIMeta axial CT are.
 # * **Parameters.** The book's model has 36.05 M parameters (Swin-T 27.52 M + router 0.10 M + 6 experts of 1.40 M); the

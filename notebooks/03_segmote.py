@@ -37,7 +37,7 @@
 # SAM's box and point prompting, and freezes it: **this stand-in plays the role of the foundation model**. SegMoTE is
 # then trained on top of it, on five phantom modalities, three seeds, on a CPU. The `paper` profile runs the same
 # cells on the real SAM ViT-B (`sam_checkpoint`, position embeddings resized to 512 px) and on data in the IMIS-Bench
-# layout (`medmoe.data.imis`, built by `data_scripts/build_medseg_hq.py`): training on the in-domain folders, box,
+# layout (`medmoe.papers.segmote.data`, built by `data_scripts/build_medseg_hq.py`): training on the in-domain folders, box,
 # point and prompt-free Dice on the in-domain and out-of-domain ones (Tables 1 and 4). It needs a GPU and the
 # downloads, and has not been run for this book.
 
@@ -55,7 +55,7 @@ profile = "quick"
 run_dir = "runs/interactive/03_segmote"
 seed = 0                     # the seeds used are seed, seed + 1, ..., n_seeds of them
 n_seeds = 3
-config = "segmote_quick"     # medmoe.models.segmote.CONFIGS: segmote_quick | sam_b
+config = "segmote_quick"     # medmoe.papers.segmote.model.CONFIGS: segmote_quick | sam_b
 sam_checkpoint = ""          # paper profile: sam_vit_b_01ec64.pth; empty pretrains the quick stand-in
 dataset = "phantoms"         # phantoms | imis (folders in the IMIS-Bench layout under data_root)
 data_root = ""               # imis: e.g. data/medseg_hq, as data_scripts/build_medseg_hq.py writes it
@@ -89,14 +89,14 @@ import torch
 from IPython.display import Markdown
 from torch.utils.data import DataLoader
 
-from medmoe.data.imis import IMISDataset, MultiDatasetIMIS
+from medmoe.papers.segmote.data import IMISDataset, MultiDatasetIMIS
 from medmoe.data.phantoms import MODALITIES, PhantomDataset2D
 from medmoe.engine import TrainConfig, fit
 from medmoe.env import environment
-from medmoe.models.segmote import CONFIGS, build_model, load_sam_checkpoint
+from medmoe.papers.segmote.model import CONFIGS, build_model, load_sam_checkpoint
 from medmoe.moe.stats import contingency, normalized_mutual_information
-from medmoe.recipes import segmote as recipe
-from medmoe.runner import fingerprint, save_results
+from medmoe.papers.segmote import recipe as recipe
+from medmoe.repro.runner import fingerprint, save_results
 from medmoe.utils import seed_everything
 
 seed_everything(seed)
@@ -381,7 +381,7 @@ Markdown(
 # * **Loss.** The code's segmentation loss is 20 x focal + Dice + an IoU regression on a frozen head; the quick profile
 #   trains with Dice + BCE by default (`loss="focal_dice"` is the code's two main terms). No pseudo-label branch, no
 #   interactive refinement iterations, no CLIP text prompts (PPT replaces the code's text prompt for group A).
-# * **Data.** Phantoms instead of MedSeg-HQ (unreleased); `medmoe.data.imis` reads the IMIS-Bench layout and
+# * **Data.** Phantoms instead of MedSeg-HQ (unreleased); `medmoe.papers.segmote.data` reads the IMIS-Bench layout and
 #   `data_scripts/build_medseg_hq.py` assembles a MedSeg-HQ-like set from public sources (ISIC 2018, SZ-CXR, CHAOS,
 #   AMOS) and the out-of-domain ISLES 2022 (DWI), SegTHOR and TotalSegmentator-MRI. In the `paper` profile the
 #   "modality" of the selection statistics is the data set folder.

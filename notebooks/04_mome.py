@@ -33,7 +33,7 @@
 #
 # The base, the **CLIP-Driven Universal Model** {cite:p}`liu2023universal`, is public, and MoME's setting matches it
 # (the same 3,410 scans), so the chapter builds it first, from its code's facts, and MoME on top of it. With one
-# expert and no router the two are the same code (`medmoe.models.mome`).
+# expert and no router the two are the same code (`medmoe.papers.mome.model`).
 
 # %% tags=["remove-cell"]
 # Colab only: install the book's library when this notebook runs on Colab (Colab's own torch is kept).
@@ -49,7 +49,7 @@ profile = "quick"
 run_dir = "runs/interactive/04_mome"
 seed = 0                       # the seeds used are seed, seed + 1, ..., n_seeds of them
 n_seeds = 3
-base_config = "universal_quick"   # medmoe.models.mome.CONFIGS
+base_config = "universal_quick"   # medmoe.papers.mome.model.CONFIGS
 mome_config = "mome_quick"
 text_encoder = "minilm"        # minilm | a (C, D) .pth of class embeddings (txt_encoding.pth) | a local CLIP folder
 dataset = "phantoms"           # phantoms | universal (dataset lists in the Universal Model's layout under data_root)
@@ -83,12 +83,12 @@ from IPython.display import Markdown
 from torch.utils.data import DataLoader, Subset
 
 from medmoe.data.phantoms import CLASSES_3D, SOURCE_DATASETS
-from medmoe.data.universal import UNIVERSAL_CLASSES, UniversalDataset
+from medmoe.papers.mome.data import UNIVERSAL_CLASSES, UniversalDataset
 from medmoe.engine import TrainConfig, fit
 from medmoe.env import environment
-from medmoe.models.mome import CONFIGS, DECODER_LEVELS, build_model
-from medmoe.recipes import mome as recipe
-from medmoe.runner import fingerprint, save_results
+from medmoe.papers.mome.model import CONFIGS, DECODER_LEVELS, build_model
+from medmoe.papers.mome import recipe as recipe
+from medmoe.repro.runner import fingerprint, save_results
 from medmoe.utils import seed_everything
 
 seed_everything(seed)
@@ -353,7 +353,7 @@ Markdown(
 #   self-supervised pretrained weights for 2,000 epochs at 1e-4 with warm-up and cosine decay. At this CPU budget
 #   both models are far from converged: the small organs are barely learnt, and the comparison below says how the
 #   two behave early in training, not how they end.
-# * **Label transfer** happens after resampling (`medmoe.data.universal`), not at native resolution as the
+# * **Label transfer** happens after resampling (`medmoe.papers.mome.data`), not at native resolution as the
 #   reference code; no organ-specific post-processing at inference.
 # * **Held-out generalisation** on the phantoms is a source whose labels were never seen in training *and* whose
 #   images come from a shifted "scanner"; the classes it labels are learnt from other sources.

@@ -1,4 +1,4 @@
-"""medmoe.encoders: offline text encoders, local-directory loading, paper-size shapes and parameter counts."""
+"""medmoe.backbones: offline text encoders, local-directory loading, paper-size shapes and parameter counts."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import warnings
 import pytest
 import torch
 
-import medmoe.encoders as E
-from medmoe.encoders import (
+import medmoe.backbones.encoders as E
+from medmoe.backbones import (
     CONVNEXT_CONFIGS,
     ENCODERS,
     SWIN_CONFIGS,

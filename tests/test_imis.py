@@ -1,4 +1,4 @@
-"""Tests for medmoe.data.imis (the IMIS-Bench layout SegMoTE reads) and data_scripts/build_medseg_hq.py.
+"""Tests for medmoe.papers.segmote.data (the IMIS-Bench layout SegMoTE reads) and data_scripts/build_medseg_hq.py.
 
 Fixtures are written in the real formats: sparse ``x___<name>.(C, H, W, 1).npz`` labels, RGB PNG images and
 ``dataset.json``; the builder gets ISIC-style JPG/PNG pairs and AMOS-style NIfTI volumes (nibabel).
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from scipy import sparse
 
-from medmoe.data.imis import (
+from medmoe.papers.segmote.data import (
     IMISDataset,
     MultiDatasetIMIS,
     collate_imis,
@@ -263,12 +263,7 @@ def test_sam_normalize():
 
 @pytest.fixture(scope="module")
 def builder():
-    path = REPO / "data_scripts" / "build_medseg_hq.py"
-    spec = importlib.util.spec_from_file_location("medmoe_build_medseg_hq", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is loading
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("medmoe.papers.segmote.prepare")  # behind data_scripts/build_medseg_hq.py
 
 
 def _fake_isic(folder: Path, n: int = 6) -> None:

@@ -1,4 +1,4 @@
-"""Tests for medmoe.data.lvit: LViT's layout (QaTa-COV19, MosMedData+), both split policies, clear errors."""
+"""Tests for medmoe.papers.mlmoe.data: LViT's layout (QaTa-COV19, MosMedData+), both split policies, clear errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from openpyxl import Workbook, load_workbook
 from PIL import Image
 
-from medmoe.data.lvit import (
+from medmoe.papers.mlmoe.data import (
     LViTDataset,
     find_text_table,
     image_name_candidates,
@@ -17,7 +17,7 @@ from medmoe.data.lvit import (
     write_text_table,
 )
 from medmoe.data.phantoms import PhantomDataset2D
-from medmoe.data.qata import QaTaDataset, write_qata_layout
+from medmoe.papers.mlmoe.data import QaTaDataset, write_qata_layout
 
 SIZE = 32
 N_TRAIN, N_VAL, N_TEST = 6, 4, 3

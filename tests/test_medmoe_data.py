@@ -1,4 +1,4 @@
-"""Tests for medmoe.data.unimed and medmoe.data.evalsets (Chapter 2, MedMoE) on fixtures in the real file formats.
+"""Tests for medmoe.papers.medmoe.data and medmoe.papers.medmoe.evalsets (Chapter 2, MedMoE) on fixtures in the real file formats.
 
 The fixtures copy the real layouts: UniMed caption CSVs (``filename`` / ``captions`` as Python list literals),
 UniMed-CLIP's evaluation folders (RadImageNet's ``img_dir,label`` / ``filename,label`` /
@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 import medmoe.data as data_pkg
-from medmoe.data import evalsets, unimed
-from medmoe.data.evalsets import (
+from medmoe.papers.medmoe import data as unimed
+from medmoe.papers.medmoe import evalsets
+from medmoe.papers.medmoe.evalsets import (
     CHEXPERT_5X200_COLUMNS,
     CLASS_PROMPTS,
     EVAL_SET_CLASSES,
@@ -31,7 +32,7 @@ from medmoe.data.evalsets import (
     subsample_labels,
 )
 from medmoe.data.sources import SOURCES
-from medmoe.data.unimed import (
+from medmoe.papers.medmoe.data import (
     UNIMED_MODALITIES,
     UniMedCaptions,
     load_image_rgb,

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmoe.encoders import build_text_encoder
-from medmoe.models.medmoe import (CONFIGS, MultiScaleExpert, aggregate_word_pieces, build_model, encode_reports)
+from medmoe.backbones import build_text_encoder
+from medmoe.papers.medmoe.model import (CONFIGS, MultiScaleExpert, aggregate_word_pieces, build_model, encode_reports)
 from medmoe.moe import GateOutput
-from medmoe.recipes import medmoe as R
+from medmoe.papers.medmoe import recipe as R
 
 
 @pytest.fixture(scope="module")
@@ -347,8 +347,8 @@ def test_paper_configuration_trains_a_step_on_unimed_files_with_a_medclip_checkp
     (``save_pretrained`` format), MedCLIP-style weights loaded into the Swin, and UniMed caption tables."""
     from transformers import BertConfig, BertModel
 
-    from medmoe.data.unimed import UniMedCaptions, write_unimed_fixture
-    from medmoe.encoders import build_swin, load_medclip_swin
+    from medmoe.papers.medmoe.data import UniMedCaptions, write_unimed_fixture
+    from medmoe.backbones import build_swin, load_medclip_swin
 
     rows = [("radiology_ai/CT/a.png", ["CT of the abdomen, liver lesion.", "Axial CT."]),
             ("radiology_ai/MR/b.png", ["Knee MRI with an ACL tear."]), ("radiology_ai/US/c.png", ["Thyroid nodule."])]

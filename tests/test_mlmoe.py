@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from medmoe.models.ariadne import Adapter, build_model, sinusoidal_encoding
-from medmoe.recipes.mlmoe import SegLoss, distillation_loss, distillation_step, evaluate, text_present_step
+from medmoe.papers.mlmoe.model import Adapter, build_model, sinusoidal_encoding
+from medmoe.papers.mlmoe.recipe import SegLoss, distillation_loss, distillation_step, evaluate, text_present_step
 
 
 def _trainable(m):
@@ -150,7 +150,7 @@ def test_sinusoidal_encoding_values():
 
 
 def test_precomputed_teacher_equals_online_teacher():
-    from medmoe.recipes.mlmoe import TeacherDataset, teacher_features
+    from medmoe.papers.mlmoe.recipe import TeacherDataset, teacher_features
 
     torch.manual_seed(0)
     m = build_model("mlmoe_test")

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmoe.models.mome import CONFIGS, NUM_DYNAMIC_PARAMS, build_model, dynamic_head
-from medmoe.recipes import mome as R
+from medmoe.papers.mome.model import CONFIGS, NUM_DYNAMIC_PARAMS, build_model, dynamic_head
+from medmoe.papers.mome import recipe as R
 
 
 def _model(name="mome_test", **kw):
@@ -186,8 +186,8 @@ def test_notebook_paper_path_on_dataset_list_fixtures(tmp_path):
     training and sliding-window evaluation of both models; per-organ metrics come out."""
     from pathlib import Path
 
-    from medmoe.data.universal import write_universal_fixture
-    from medmoe.runner import run_notebook
+    from medmoe.papers.mome.data import write_universal_fixture
+    from medmoe.repro.runner import run_notebook
 
     lines = write_universal_fixture(tmp_path, datasets=("09", "10_03"), cases_per_dataset=3, size=16).read_text().split("\n")
     lines = [ln for ln in lines if ln.strip()]

@@ -13,18 +13,18 @@ import pytest
 from openpyxl import Workbook
 from PIL import Image
 
-from medmoe.data.lvit import PREPARED_MARKER, LViTDataset
-from medmoe.data.qata import QaTaDataset
+from medmoe.data.prepare import PREPARED_MARKER
+from medmoe.papers.mlmoe.data import LViTDataset
+from medmoe.papers.mlmoe.data import QaTaDataset
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 32
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"medmoe_{name}", REPO / "data_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The program behind ``data_scripts/<name>.py`` (a thin wrapper over the paper's prepare module)."""
+    return importlib.import_module({"prepare_qata": "medmoe.papers.mlmoe.prepare.qata",
+                                    "prepare_mosmed": "medmoe.papers.mlmoe.prepare.mosmed"}[name])
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for medmoe.data.qata: write phantoms in the QaTa-COV19 layout, read them back, clear errors."""
+"""Tests for medmoe.papers.mlmoe.data: write phantoms in the QaTa-COV19 layout, read them back, clear errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from medmoe.data.phantoms import PhantomDataset2D
-from medmoe.data.qata import QaTaDataset, write_qata_layout
+from medmoe.papers.mlmoe.data import QaTaDataset, write_qata_layout
 
 SIZE = 32
 

@@ -1,4 +1,4 @@
-"""medmoe.runner and medmoe.registry: profiles, parameter checks, metrics.json, the reproduction page."""
+"""medmoe.repro.runner and medmoe.repro.registry: profiles, parameter checks, metrics.json, the reproduction page."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmoe import registry
-from medmoe.runner import (
+from medmoe.papers import Card
+from medmoe.repro import registry
+from medmoe.repro.cli import main
+from medmoe.repro.runner import (
     RunnerError,
     load_profiles,
-    main,
     notebook_parameters,
     prepare_notebook,
     resolve_parameters,
@@ -30,13 +31,14 @@ TINY = '''\
 # %% tags=["parameters"]
 profile = "quick"
 run_dir = "runs/interactive/tiny"
+run_key = None
 seed = 0
 n_experts = 4
 scale = 0.5
 
 # %%
 import random
-from medmoe.runner import save_results
+from medmoe.repro.runner import save_results
 random.seed(seed)
 {body}
 save_results(run_dir, {{"n_experts": n_experts, "seed": seed, "score": scale * n_experts, "draw": random.random()}})
@@ -54,7 +56,8 @@ def test_notebook_parameters_reads_literals():
     import jupytext
 
     params = notebook_parameters(jupytext.reads(TINY.format(body=""), fmt="py:percent"))
-    assert params == {"profile": "quick", "run_dir": "runs/interactive/tiny", "seed": 0, "n_experts": 4, "scale": 0.5}
+    assert params == {"profile": "quick", "run_dir": "runs/interactive/tiny", "run_key": None, "seed": 0, "n_experts": 4,
+                      "scale": 0.5}
 
 
 def test_run_writes_metrics_with_overrides_and_environment(tmp_path):
@@ -165,11 +168,19 @@ def test_registry_is_valid_and_notebook_parameters_exist():
                 resolve_parameters(nb, "quick", c.quick)
 
 
-def test_registry_rejects_bad_entries(tmp_path):
-    p = tmp_path / "r.yaml"
-    p.write_text(yaml.safe_dump({"cells": [{"id": "x", "paper": "P"}]}))
+def _card(cells, *, notebook="00_moe_primer", paper="Demo") -> Card:
+    return Card(name="demo", paper=paper, chapter=9, notebook=notebook, title="Demo", cells=cells)
+
+
+def test_registry_rejects_bad_entries():
     with pytest.raises(ValueError, match="missing"):
-        registry.load_cells(p)
+        registry.load_cells([_card([{"id": "x"}])])
+    good = {"id": "x", "table": "T", "row": "r", "column": "c", "paper_value": 1, "profile": "paper", "parameters": {},
+            "metric": "m"}
+    with pytest.raises(ValueError, match="unknown field"):
+        registry.load_cells([_card([{**good, "colour": "red"}])])
+    with pytest.raises(ValueError, match="duplicate"):
+        registry.load_cells([_card([good]), _card([good])])
 
 
 def _fake_run(root: Path, name: str, seed: int, value: float, *, profile="paper", params=None, notebook="notebooks/00_moe_primer.py"):
@@ -183,20 +194,20 @@ def _fake_run(root: Path, name: str, seed: int, value: float, *, profile="paper"
 
 
 def test_report_shows_paper_vs_reproduced_and_not_run(tmp_path):
-    reg = tmp_path / "registry.yaml"
-    reg.write_text(yaml.safe_dump({"cells": [
-        {"id": "demo.score", "paper": "Demo", "table": "T1", "row": "ours", "column": "score", "paper_value": 0.9,
-         "notebook": "notebooks/00_moe_primer.py", "profile": "paper", "parameters": {"n_experts": 4}, "metric": "score"},
-        {"id": "demo.other", "paper": "Demo", "table": "T1", "row": "ours", "column": "other", "paper_value": 1.0,
-         "notebook": "notebooks/00_moe_primer.py", "profile": "paper", "parameters": {"n_experts": 8}, "metric": "score"},
-        {"id": "future.x", "paper": "Future", "table": "T9", "row": "r", "column": "c", "paper_value": 5,
-         "notebook": "notebooks/99_not_written.py", "profile": "paper", "parameters": {}, "metric": "x"},
-    ]}))
+    reg = [_card([
+        {"id": "demo.score", "table": "T1", "row": "ours", "column": "score", "paper_value": 0.9,
+         "profile": "paper", "parameters": {"n_experts": 4}, "metric": "score"},
+        {"id": "demo.other", "table": "T1", "row": "ours", "column": "other", "paper_value": 1.0,
+         "profile": "paper", "parameters": {"n_experts": 8}, "metric": "score"},
+    ]), _card([
+        {"id": "future.x", "table": "T9", "row": "r", "column": "c", "paper_value": 5,
+         "profile": "paper", "parameters": {}, "metric": "x"},
+    ], notebook="99_not_written", paper="Future")]
     runs = tmp_path / "runs"
     _fake_run(runs, "a", 0, 0.80, params={"n_experts": 4})
     _fake_run(runs, "b", 1, 0.90, params={"n_experts": 4})
     _fake_run(runs, "c", 2, 0.10, params={"n_experts": 4}, profile="quick")  # other profile: not a match
-    text = registry.render_report(runs_root=runs, registry=reg)
+    text = registry.render_report(runs_root=runs, papers=reg)
     row = next(line for line in text.splitlines() if "`demo.score`" in line)
     assert "0.90" in row and "0.85 ± 0.07" in row and "2 seed(s), cpu" in row
     assert row.rstrip().endswith("| - |")  # no quick analogue declared for this cell
@@ -226,14 +237,12 @@ def test_primer_runs_end_to_end_with_overrides(tmp_path):
 
 
 def test_report_shows_the_quick_profile_analogue(tmp_path):
-    reg = tmp_path / "registry.yaml"
-    reg.write_text(yaml.safe_dump({"cells": [
-        {"id": "demo.pct", "paper": "Demo", "table": "T1", "row": "ours", "column": "score (%)", "paper_value": 90.0,
-         "notebook": "notebooks/00_moe_primer.py", "profile": "paper", "parameters": {"n_experts": 4}, "metric": "score",
-         "scale": 100, "quick": {"n_experts": 4}},
-    ]}))
+    reg = [_card([
+        {"id": "demo.pct", "table": "T1", "row": "ours", "column": "score (%)", "paper_value": 90.0,
+         "profile": "paper", "parameters": {"n_experts": 4}, "metric": "score", "scale": 100, "quick": {"n_experts": 4}},
+    ])]
     runs = tmp_path / "runs"
     _fake_run(runs, "q", 0, 0.5, profile="quick", params={"n_experts": 4})
-    row = next(line for line in registry.render_report(runs_root=runs, registry=reg).splitlines() if "`demo.pct`" in line)
+    row = next(line for line in registry.render_report(runs_root=runs, papers=reg).splitlines() if "`demo.pct`" in line)
     assert "not run" in row.split("|")[3]  # no paper-profile run
     assert "50.00 (1 seed(s), cpu)" in row  # the quick run, scaled to %

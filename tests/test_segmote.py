@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmoe.models.segmote import CONFIGS, MoTE, PromptTokenizer, build_model, build_sam, load_sam_checkpoint
+from medmoe.papers.segmote.model import CONFIGS, MoTE, PromptTokenizer, build_model, build_sam, load_sam_checkpoint
 
 
 def _model(**kw):
@@ -173,7 +173,7 @@ def test_bad_inputs_are_named():
 
 
 def test_prompts_from_masks():
-    from medmoe.recipes.segmote import box_from_mask, point_from_mask, sample_prompts
+    from medmoe.papers.segmote.recipe import box_from_mask, point_from_mask, sample_prompts
 
     mask = torch.zeros(32, 32)
     mask[5:15, 8:20] = 1
@@ -192,7 +192,7 @@ def test_prompts_from_masks():
 
 
 def test_sam_decode_matches_segment_anything_for_one_image():
-    from medmoe.recipes.segmote import sam_decode
+    from medmoe.papers.segmote.recipe import sam_decode
 
     m = _model().eval()
     emb, _ = m.encode(torch.rand(1, 3, 64, 64))
@@ -206,7 +206,7 @@ def test_sam_decode_matches_segment_anything_for_one_image():
 
 def test_phantom_tasks_step_and_evaluation():
     from medmoe.data.phantoms import PhantomDataset2D
-    from medmoe.recipes import segmote as R
+    from medmoe.papers.segmote import recipe as R
 
     tasks = R.PhantomSegTasks(PhantomDataset2D(n=5, modalities=("cxr", "ct", "mri", "us", "derm"), size=64, seed=0, channels=3))
     assert {tasks.class_names[tasks[k]["class_index"]] for k in range(len(tasks))} >= {"derm/lesion", "cxr/lungs"}
@@ -230,8 +230,8 @@ def test_paper_size_step_on_imis_layout_data_with_a_sam_checkpoint(tmp_path):
     path (position tables resized), one item read from the IMIS-Bench layout, one SegMoTE step."""
     import numpy as np
 
-    from medmoe.data.imis import IMISDataset, write_imis_layout
-    from medmoe.recipes import segmote as R
+    from medmoe.papers.segmote.data import IMISDataset, write_imis_layout
+    from medmoe.papers.segmote import recipe as R
 
     torch.manual_seed(0)
     sam1024 = build_sam(CONFIGS["sam_b"].__class__(**{**CONFIGS["sam_b"].__dict__, "image_size": 1024}))
@@ -266,7 +266,7 @@ def _imis_root(tmp_path, n_train=0):
     a binary ISIC-like set (group A, one test image and ``n_train`` training images)."""
     import numpy as np
 
-    from medmoe.data.imis import write_imis_layout
+    from medmoe.papers.segmote.data import write_imis_layout
 
     items = []
     for i in range(3 + n_train):
@@ -290,8 +290,8 @@ def _imis_root(tmp_path, n_train=0):
 
 
 def test_imis_tasks_match_the_phantom_interface_and_are_scored_at_the_original_resolution(tmp_path):
-    from medmoe.data.imis import MultiDatasetIMIS
-    from medmoe.recipes import segmote as R
+    from medmoe.papers.segmote.data import MultiDatasetIMIS
+    from medmoe.papers.segmote import recipe as R
 
     tasks = R.IMISSegTasks(MultiDatasetIMIS(root=_imis_root(tmp_path), split="test", size=64))
     assert tasks.modalities == ("isic2018_task1", "organs") and tasks.num_images == 4
@@ -339,7 +339,7 @@ def test_notebook_paper_profile_wiring_on_imis_layout_data(tmp_path):
     for training and evaluation, no embedding cache, the milestone schedule; metrics per data set come out."""
     from pathlib import Path
 
-    from medmoe.runner import run_notebook
+    from medmoe.repro.runner import run_notebook
 
     root = _imis_root(tmp_path, n_train=4)
     torch.save(build_sam(CONFIGS["segmote_test"]).state_dict(), tmp_path / "sam.pth")

@@ -1,4 +1,4 @@
-"""Tests for medmoe.data.universal (the CLIP-Driven Universal Model's data conventions, MoME chapter) and
+"""Tests for medmoe.papers.mome.data (the CLIP-Driven Universal Model's data conventions, MoME chapter) and
 data_scripts/prepare_universal.py, on tiny real NIfTI files (12 voxels per side) in the reference layout."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from medmoe.data import universal as U
+from medmoe.papers.mome import data as U
 from medmoe.data.phantoms import CLASSES_3D, PhantomVolumeDataset
 from medmoe.data.sources import SOURCES
 
@@ -353,12 +353,7 @@ def test_partial_label_target_on_phantoms():
 
 @pytest.fixture(scope="module")
 def cli():
-    path = REPO / "data_scripts" / "prepare_universal.py"
-    spec = importlib.util.spec_from_file_location("medmoe_prepare_universal", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is loading
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("medmoe.papers.mome.prepare")  # behind data_scripts/prepare_universal.py
 
 
 def _organ_label(value: int, tumour: int | None = None) -> np.ndarray:

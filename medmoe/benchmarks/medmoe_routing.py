@@ -2,7 +2,7 @@
 
 Explained in the book: *Chapter 2, MedMoE* (Table 3, Sec. 6.2: "only one [expert] is active at inference").
 MedMoE's released code runs all K experts on every image and then indexes the selected one;
-:class:`medmoe.models.medmoe.MedMoE` dispatches each image to its selected expert only
+:class:`medmoe.papers.medmoe.model.MedMoE` dispatches each image to its selected expert only
 (:func:`medmoe.moe.dispatch_combine`). This script times, in the paper configuration (Swin-T, 224 x 224, random
 weights -- the cost does not depend on the values):
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from medmoe.models.medmoe import build_model
+from medmoe.papers.medmoe.model import build_model
 from medmoe.moe import GateOutput
 
 

@@ -2,7 +2,7 @@
 
 Explained in the book: *Chapter 0, the MoE primer* (a mixed-modality 2D set for routing by modality),
 then used wherever a chapter needs data without a download: the text-guided segmentation chapters read
-the 2D phantoms (written in the QaTa-COV19 layout by :mod:`medmoe.data.qata`), the partially labelled
+the 2D phantoms (written in the QaTa-COV19 layout by :mod:`medmoe.papers.mlmoe.data`), the partially labelled
 CT chapter (MoME / CLIP-Driven Universal Model) reads the 3D volumes.
 
 Nothing here downloads anything, and every random choice goes through a :class:`numpy.random.Generator`

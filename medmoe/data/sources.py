@@ -664,7 +664,7 @@ register(Source(
     used_by="MedMoE chapter (pneumonia evaluation)",
 ))
 
-# --- Chapter 2, MedMoE: pretraining captions and the evaluation sets (medmoe.data.unimed, medmoe.data.evalsets)
+# --- Chapter 2, MedMoE: pretraining captions and the evaluation sets (medmoe.papers.medmoe.data, medmoe.papers.medmoe.evalsets)
 
 register(Source(
     name="unimed_captions",
@@ -689,9 +689,9 @@ register(Source(
 2. Save the three CSV files with their names unchanged in the folder below.
 3. The images come separately from each source dataset (CheXpert: Kaggle or Stanford AIMI;
    ChestX-ray8: NIH Box, open; RadImageNet: request form). Pass their folders as image_root to
-   medmoe.data.unimed.UniMedCaptions (one per table).""",
+   medmoe.papers.medmoe.data.UniMedCaptions (one per table).""",
     size="3 CSV files",
-    used_by="MedMoE chapter (pretraining captions, one sample per caption: medmoe.data.unimed.UniMedCaptions)",
+    used_by="MedMoE chapter (pretraining captions, one sample per caption: medmoe.papers.medmoe.data.UniMedCaptions)",
 ))
 
 register(Source(
@@ -721,11 +721,11 @@ register(Source(
 2. Unpack it into the folder below so that its set folders (chexpert/, rsna_custom_test_set/,
    thyroid_us/, breast_us/, meniscal_mri/, acl_mri/, organs_axial/, ...) sit directly in it.
 3. CheXpert 5x200 also needs its table: copy local_data/chexpert-5x200.csv from the UniMed-CLIP
-   repository into chexpert/ (or pass csv= to medmoe.data.evalsets.chexpert_5x200).
-4. Load a set with medmoe.data.evalsets.build_eval_set(name, root=<the folder below>).""",
+   repository into chexpert/ (or pass csv= to medmoe.papers.medmoe.evalsets.chexpert_5x200).
+4. Load a set with medmoe.papers.medmoe.evalsets.build_eval_set(name, root=<the folder below>).""",
     size="21 evaluation sets",
     expect=("thyroid_us", "breast_us", "meniscal_mri", "acl_mri", "rsna_custom_test_set"),
-    used_by="MedMoE chapter (zero-shot and linear-probe evaluation: medmoe.data.evalsets)",
+    used_by="MedMoE chapter (zero-shot and linear-probe evaluation: medmoe.papers.medmoe.evalsets)",
 ))
 
 register(Source(
@@ -743,7 +743,7 @@ register(Source(
     target="medimeta_organs",
     size="?",
     expect=("organs_axial/annotations.csv", "organs_coronal/annotations.csv", "organs_sagittal/annotations.csv"),
-    used_by="MedMoE chapter (CT axial / coronal / sagittal zero-shot: medmoe.data.evalsets.medimeta_organs_*)",
+    used_by="MedMoE chapter (CT axial / coronal / sagittal zero-shot: medmoe.papers.medmoe.evalsets.medimeta_organs_*)",
 ))
 
 register(Source(
@@ -787,7 +787,7 @@ register(Source(
 ))
 
 # --- Chapter 3, SegMoTE: MedSeg-HQ-like training sources and the out-of-domain sets
-#     (data_scripts/build_medseg_hq.py writes them in the IMIS-Bench layout read by medmoe.data.imis)
+#     (data_scripts/build_medseg_hq.py writes them in the IMIS-Bench layout read by medmoe.papers.segmote.data)
 
 register(Source(
     name="isic2018_task1",
@@ -876,7 +876,7 @@ register(Source(
 ))
 
 # --- Chapter 4, MoME: the Medical Segmentation Decathlon CT tasks of the CLIP-Driven Universal Model collection
-#     (data_scripts/prepare_universal.py arranges them, with AMOS and TotalSegmentator, for medmoe.data.universal)
+#     (data_scripts/prepare_universal.py arranges them, with AMOS and TotalSegmentator, for medmoe.papers.mome.data)
 
 #: MSD CT tasks of the Universal Model (dataset ids 10_03 ... 10_10): number -> (task folder, training
 #: cases, label values, md5 of the tar as pinned by MONAI's ``DecathlonDataset.md5``).

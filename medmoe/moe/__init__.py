@@ -3,7 +3,7 @@
 * :mod:`~medmoe.moe.gates` -- :class:`SoftGate` (MLMoE), :class:`NoisyTopKGate` (SegMoTE), :class:`HardRouter` (MedMoE)
 * :mod:`~medmoe.moe.dispatch` -- group inputs by expert, run each expert on its share, combine
 * :mod:`~medmoe.moe.losses` -- diversity, CV^2 importance/load, Switch balance, router z-loss
-* :mod:`~medmoe.moe.stats` -- load, gate entropy, routing-vs-label mutual information
+* :mod:`~medmoe.moe.stats` -- load, gate entropy, routing-vs-label mutual information and its permutation baseline
 """
 
 from medmoe.moe.dispatch import DispatchPlan, dispatch_combine, plan_dispatch
@@ -17,7 +17,15 @@ from medmoe.moe.losses import (
     router_z_loss,
     switch_balance_loss,
 )
-from medmoe.moe.stats import contingency, expert_load, gate_entropy, mutual_information, normalized_mutual_information
+from medmoe.moe.stats import (
+    PermutationBaseline,
+    contingency,
+    expert_load,
+    gate_entropy,
+    mutual_information,
+    nmi_permutation_baseline,
+    normalized_mutual_information,
+)
 
 __all__ = [
     "GateOutput", "SoftGate", "NoisyTopKGate", "HardRouter",
@@ -25,4 +33,5 @@ __all__ = [
     "entropy", "diversity_loss", "cv_squared", "BalanceTerms", "importance_load_loss",
     "switch_balance_loss", "router_z_loss",
     "expert_load", "gate_entropy", "contingency", "mutual_information", "normalized_mutual_information",
+    "PermutationBaseline", "nmi_permutation_baseline",
 ]

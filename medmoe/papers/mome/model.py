@@ -1,0 +1,288 @@
+"""MoME and its base, the CLIP-Driven Universal Model (book: *Chapter 4, MoME*).
+
+Only MoME's abstract is public (Rezvani et al., arXiv 2510.26996) and no code. It states: a vision branch with
+**multi-scale decoder-layer experts**, a text branch of **CLIP embeddings**, and a **text-guided router** that fuses
+the scales **pixel-wise** and yields **class-specific segmentation heads**, trained on 10 partially labelled CT data
+sets (3,410 scans) -- the setting of the CLIP-Driven Universal Model (Liu et al., ICCV 2023), which this module
+builds first and MoME extends (the reconstruction of ``papers_spec.md`` section 3.3; every MoME detail below is an
+assumption and is named as one in the chapter).
+
+**Universal Model** (facts from its code):
+
+* MONAI ``SwinUNETR`` (feature size 48, 1 input channel, 96^3 patches); its decoder gives, for a 96^3 input,
+  ``dec4`` 768@3^3, ``dec3`` 384@6^3, ``dec2`` 192@12^3, ``dec1`` 96@24^3, ``dec0`` 48@48^3 and ``out`` 48@96^3
+  (:meth:`UniversalSeg.forward_features`; the modules are MONAI's, only their outputs are collected).
+* Class text embeddings ``t_c`` of "A computerized tomography of a {organ}" (CLIP ViT-B/32, 512-d), mapped by
+  ``text_to_vision`` = Linear(512 -> 256) + ReLU.
+* An image code from ``dec4``: GroupNorm(16) -> ReLU -> global average pool -> 1x1x1 conv (768 -> 256).
+* A ``controller`` (1x1x1 conv, 512 -> 153) on ``[image code; text code]`` gives, per image and class, the weights
+  of three dynamic 1x1x1 convolutions 8 -> 8 -> 8 -> 1 (64 + 64 + 8 weights, then 8 + 8 + 1 biases, ReLU between),
+  applied to ``precls`` = GroupNorm -> ReLU -> 1x1x1 conv (48 -> 8) of ``out``: one logit map per class, a sigmoid
+  per class (multi-label).
+
+**MoME** (reconstruction): the experts are decoder outputs (``experts``, default all five of ``dec3 .. out``), each
+projected like ``precls`` to the head width 8 and upsampled (trilinear) to the output grid: ``E_e(x)``. For every
+class ``c`` and voxel ``x`` a router gives softmax weights over the experts,
+
+``w_{c,e}(x) = softmax_e( W_2 ReLU(W_v V(x) + W_t u_c + b_1) + b_2 )``, with ``V(x) = [E_1(x); ...; E_E(x)]``
+
+and ``u_c`` the class's text code, and the class's dynamic head reads ``F_c(x) = sum_e w_{c,e}(x) E_e(x)``. With a
+single expert ``("out",)`` and no router the model *is* the Universal Model, so both come from the same code.
+
+Example:
+    >>> model = build_model("mome_test")
+    >>> out = model(torch.rand(1, 1, 32, 32, 32))
+    >>> tuple(out.logits.shape), tuple(out.router.shape)
+    ((1, 3, 32, 32, 32), (1, 3, 2, 32, 32, 32))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmoe.utils import check_rank, resolve_config
+
+__all__ = ["DECODER_LEVELS", "MoMEConfig", "CONFIGS", "MoMEOutput", "TextGuidedRouter", "UniversalSeg", "build_model",
+           "dynamic_head"]
+
+#: Decoder outputs of MONAI's SwinUNETR, coarse to fine, with their width in units of ``feature_size`` and their
+#: downsampling factor.
+DECODER_LEVELS: dict[str, tuple[int, int]] = {"dec4": (16, 32), "dec3": (8, 16), "dec2": (4, 8), "dec1": (2, 4),
+                                              "dec0": (1, 2), "out": (1, 1)}
+_HEAD_WIDTH = 8
+_WEIGHTS, _BIASES = (_HEAD_WIDTH * _HEAD_WIDTH, _HEAD_WIDTH * _HEAD_WIDTH, _HEAD_WIDTH), (_HEAD_WIDTH, _HEAD_WIDTH, 1)
+#: Values the controller produces per (image, class): 153 for the 8 -> 8 -> 8 -> 1 dynamic head.
+NUM_DYNAMIC_PARAMS = sum(_WEIGHTS) + sum(_BIASES)
+
+
+@dataclass(frozen=True)
+class MoMEConfig:
+    """A Universal Model / MoME configuration (data, as timm's configs).
+
+    Attributes:
+        num_classes: C, one sigmoid output per class (32 in the Universal Model's template).
+        feature_size: SwinUNETR's ``feature_size`` (48 in the paper setting).
+        depths, num_heads: SwinUNETR's stages.
+        window_size: Swin attention window (7; 4 for 32^3 patches, whose first stage is 16^3 tokens).
+        roi_size: the training patch and sliding-window size (96); must be divisible by 32.
+        norm: SwinUNETR's ``norm_name`` (``"instance"``, as the Universal Model; the bottleneck of a 32^3 patch
+            is a single voxel, which instance norm cannot normalise in training, so the quick profile uses
+            ``("group", {"num_groups": 4})``).
+        text_dim: width of the class text embeddings (512 for CLIP ViT-B/32, 384 for MiniLM).
+        code_dim: width of the text and image codes (256).
+        experts: decoder outputs used as experts (keys of :data:`DECODER_LEVELS`); ``("out",)`` with
+            ``router=False`` is the Universal Model.
+        router: use the text-guided router (MoME); needs at least two experts.
+        router_hidden: hidden width of the router's MLP.
+        use_checkpoint: SwinUNETR's gradient checkpointing (saves memory on 96^3 patches).
+    """
+
+    num_classes: int = 32
+    feature_size: int = 48
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    roi_size: int = 96
+    norm: str | tuple = "instance"
+    window_size: int = 7
+    text_dim: int = 512
+    code_dim: int = 256
+    experts: tuple[str, ...] = ("dec3", "dec2", "dec1", "dec0", "out")
+    router: bool = True
+    router_hidden: int = 16
+    use_checkpoint: bool = False
+
+
+_QUICK = dict(num_classes=6, feature_size=12, num_heads=(3, 3, 6, 12), roi_size=32, norm=("group", {"num_groups": 4}), window_size=4,
+              text_dim=384, code_dim=64)
+#: Named configurations: the paper-size ones (Universal Model: SwinUNETR-48, CLIP 512-d, 32 classes), the quick
+#: profile's (feature size 12, MiniLM 384-d, the phantoms' 6 classes, 32^3 patches) and tiny ones for tests.
+CONFIGS: dict[str, MoMEConfig] = {
+    "universal_paper": MoMEConfig(experts=("out",), router=False),
+    "mome_paper": MoMEConfig(),
+    "universal_quick": MoMEConfig(**_QUICK, experts=("out",), router=False),
+    "mome_quick": MoMEConfig(**_QUICK),
+    "universal_test": MoMEConfig(num_classes=3, feature_size=12, num_heads=(3, 3, 3, 3), depths=(1, 1, 1, 1), roi_size=32,
+                                 norm=("group", {"num_groups": 4}), window_size=4, text_dim=16, code_dim=16, experts=("out",), router=False),
+    "mome_test": MoMEConfig(num_classes=3, feature_size=12, num_heads=(3, 3, 3, 3), depths=(1, 1, 1, 1), roi_size=32,
+                            norm=("group", {"num_groups": 4}), window_size=4, text_dim=16, code_dim=16, experts=("dec0", "out"), router_hidden=4),
+}
+
+
+class MoMEOutput(NamedTuple):
+    """Attributes:
+        logits: ``(B, C, D, H, W)``, one sigmoid logit map per class.
+        router: ``(B, C, E, D, H, W)`` the router's weights per class, expert and voxel (sum to 1 over ``E``);
+            ``None`` for the Universal Model.
+    """
+
+    logits: torch.Tensor
+    router: torch.Tensor | None
+
+
+def _norm_relu(channels: int) -> list[nn.Module]:
+    return [nn.GroupNorm(math.gcd(16, channels), channels), nn.ReLU(inplace=True)]
+
+
+def dynamic_head(features: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The Universal Model's class-specific head: three 1x1x1 convolutions 8 -> 8 -> 8 -> 1 whose weights come from
+    the controller, ReLU between them.
+
+    Args:
+        features: ``(B, 8, N)`` (the same for every class: Universal Model) or ``(B, C, 8, N)`` (per class: MoME).
+        params: ``(B, C, 153)``: weights of the three layers (64, 64, 8), then their biases (8, 8, 1).
+
+    Returns:
+        ``(B, C, N)`` logits.
+    """
+    b, c, _ = params.shape
+    w1, w2, w3, b1, b2, b3 = torch.split(params, _WEIGHTS + _BIASES, dim=-1)
+    w1, w2 = w1.reshape(b, c, _HEAD_WIDTH, _HEAD_WIDTH), w2.reshape(b, c, _HEAD_WIDTH, _HEAD_WIDTH)
+    w3 = w3.reshape(b, c, 1, _HEAD_WIDTH)
+    if features.ndim == 3:
+        x = torch.einsum("bcij,bjn->bcin", w1, features)
+    else:
+        x = torch.einsum("bcij,bcjn->bcin", w1, features)
+    x = F.relu(x + b1[..., None])
+    x = F.relu(torch.einsum("bcij,bcjn->bcin", w2, x) + b2[..., None])
+    return (torch.einsum("bcij,bcjn->bcin", w3, x) + b3[..., None])[:, :, 0]
+
+
+class TextGuidedRouter(nn.Module):
+    """Per class and voxel, softmax weights over the experts from the class's text code and the experts' features
+    (MoME's "text-guided router ... pixel-wise fusion across scales"; the form is this book's reconstruction).
+
+    ``w_{c,e}(x) = softmax_e(W_2 ReLU(W_v V(x) + W_t u_c + b_1) + b_2)``.
+
+    Args:
+        num_experts: E.
+        expert_dim: width of each expert's feature (8).
+        code_dim: width of the class text code ``u_c``.
+        hidden: the MLP's hidden width.
+    """
+
+    def __init__(self, *, num_experts: int, expert_dim: int, code_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.visual = nn.Conv1d(num_experts * expert_dim, hidden, 1)
+        self.text = nn.Linear(code_dim, hidden, bias=False)
+        self.out = nn.Conv1d(hidden, num_experts, 1)
+
+    def forward(self, experts: torch.Tensor, text_codes: torch.Tensor) -> torch.Tensor:
+        """``experts`` ``(B, E, d, N)``, ``text_codes`` ``(C, code_dim)`` -> weights ``(B, C, E, N)``."""
+        b, e, d, n = experts.shape
+        v = self.visual(experts.reshape(b, e * d, n))  # (B, h, N)
+        h = F.relu(v[:, None] + self.text(text_codes)[None, :, :, None])  # (B, C, h, N)
+        logits = torch.einsum("eh,bchn->bcen", self.out.weight[:, :, 0], h) + self.out.bias[None, None, :, None]
+        return logits.softmax(dim=2)
+
+
+class UniversalSeg(nn.Module):
+    """The Universal Model, and MoME when ``config.router`` is set (see the module docstring).
+
+    ``forward(x)`` takes ``(B, 1, D, H, W)`` CT patches (HU windowed to [0, 1]) whose sides are multiples of 32 and
+    returns :class:`MoMEOutput`. The class text embeddings are a buffer (``text_embeddings`` ``(C, text_dim)``,
+    :meth:`set_text_embeddings`), as the Universal Model loads its ``txt_encoding.pth``.
+
+    Example:
+        >>> m = build_model("universal_test")
+        >>> m(torch.rand(2, 1, 32, 32, 32)).logits.shape
+        torch.Size([2, 3, 32, 32, 32])
+    """
+
+    def __init__(self, config: MoMEConfig) -> None:
+        super().__init__()
+        from monai.networks.nets import SwinUNETR
+
+        unknown = [e for e in config.experts if e not in DECODER_LEVELS or e == "dec4"]
+        if unknown or not config.experts:
+            raise ValueError(f"experts must be among {tuple(k for k in DECODER_LEVELS if k != 'dec4')}, got {config.experts}")
+        if config.router and len(config.experts) < 2:
+            raise ValueError("router=True needs at least two experts")
+        if not config.router and len(config.experts) != 1:
+            raise ValueError(f"without a router there is one expert (the Universal Model uses ('out',)), got {config.experts}")
+        if config.roi_size % 32:
+            raise ValueError(f"roi_size must be a multiple of 32 (SwinUNETR), got {config.roi_size}")
+        self.config = config
+        fs = config.feature_size
+        self.backbone = SwinUNETR(in_channels=1, out_channels=config.num_classes, feature_size=fs, depths=config.depths,
+                                  num_heads=config.num_heads, norm_name=config.norm, window_size=config.window_size, use_checkpoint=config.use_checkpoint)
+        self.backbone.out = nn.Identity()  # the Universal Model replaces SwinUNETR's output conv by its heads
+        self.register_buffer("text_embeddings", torch.zeros(config.num_classes, config.text_dim))
+        self.text_to_vision = nn.Linear(config.text_dim, config.code_dim)
+        self.image_code = nn.Sequential(*_norm_relu(16 * fs), nn.AdaptiveAvgPool3d(1), nn.Conv3d(16 * fs, config.code_dim, 1))
+        self.controller = nn.Conv3d(2 * config.code_dim, NUM_DYNAMIC_PARAMS, 1)
+        # One projection per expert to the head width (for "out" this is the Universal Model's precls_conv).
+        self.experts = nn.ModuleDict({e: nn.Sequential(*_norm_relu(DECODER_LEVELS[e][0] * fs), nn.Conv3d(DECODER_LEVELS[e][0] * fs, _HEAD_WIDTH, 1))
+                                      for e in config.experts})
+        self.router = (TextGuidedRouter(num_experts=len(config.experts), expert_dim=_HEAD_WIDTH, code_dim=config.code_dim,
+                                        hidden=config.router_hidden) if config.router else None)
+
+    def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
+        """Store the class text embeddings ``(C, text_dim)`` (e.g. from :func:`medmoe.papers.mome.recipe.class_text_embeddings`)."""
+        c, d = self.config.num_classes, self.config.text_dim
+        if tuple(embeddings.shape) != (c, d):
+            raise ValueError(f"text embeddings must be ({c}, {d}), got {tuple(embeddings.shape)}")
+        self.text_embeddings.copy_(embeddings.to(self.text_embeddings))
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """SwinUNETR's encoder and decoder (MONAI's modules, in MONAI's order); returns every decoder output
+        ``dec4 .. out`` (see :data:`DECODER_LEVELS`)."""
+        check_rank(x, 5, "x")
+        if x.shape[1] != 1 or any(s % 32 for s in x.shape[2:]):
+            raise ValueError(f"x must be (B, 1, D, H, W) with sides divisible by 32, got {tuple(x.shape)}")
+        net = self.backbone
+        hidden = net.swinViT(x, net.normalize)
+        enc0, enc1 = net.encoder1(x), net.encoder2(hidden[0])
+        enc2, enc3 = net.encoder3(hidden[1]), net.encoder4(hidden[2])
+        dec4 = net.encoder10(hidden[4])
+        dec3 = net.decoder5(dec4, hidden[3])
+        dec2 = net.decoder4(dec3, enc3)
+        dec1 = net.decoder3(dec2, enc2)
+        dec0 = net.decoder2(dec1, enc1)
+        return {"dec4": dec4, "dec3": dec3, "dec2": dec2, "dec1": dec1, "dec0": dec0, "out": net.decoder1(dec0, enc0)}
+
+    def text_codes(self) -> torch.Tensor:
+        """``(C, code_dim)``: ReLU(text_to_vision(t_c))."""
+        return F.relu(self.text_to_vision(self.text_embeddings))
+
+    def forward_head(self, feats: dict[str, torch.Tensor]) -> MoMEOutput:
+        """Dynamic class heads on the (fused) expert features."""
+        out = feats["out"]
+        b, size = out.shape[0], out.shape[2:]
+        n = out.shape[2:].numel()
+        codes = self.text_codes()  # (C, code)
+        img = self.image_code(feats["dec4"]).flatten(1)  # (B, code)
+        c = codes.shape[0]
+        pairs = torch.cat([img[:, None].expand(b, c, -1), codes[None].expand(b, c, -1)], dim=-1)  # (B, C, 2 code)
+        params = self.controller(pairs.reshape(b * c, -1, 1, 1, 1)).reshape(b, c, NUM_DYNAMIC_PARAMS)
+        experts = []
+        for name in self.config.experts:
+            f = self.experts[name](feats[name])
+            if f.shape[2:] != size:
+                f = F.interpolate(f, size=size, mode="trilinear", align_corners=False)
+            experts.append(f.reshape(b, _HEAD_WIDTH, n))
+        if self.router is None:
+            return MoMEOutput(dynamic_head(experts[0], params).reshape(b, c, *size), None)
+        stacked = torch.stack(experts, dim=1)  # (B, E, 8, N)
+        weights = self.router(stacked, codes)  # (B, C, E, N)
+        fused = torch.einsum("bcen,bedn->bcdn", weights, stacked)  # (B, C, 8, N)
+        logits = dynamic_head(fused, params).reshape(b, c, *size)
+        return MoMEOutput(logits, weights.reshape(b, c, len(experts), *size))
+
+    def forward(self, x: torch.Tensor) -> MoMEOutput:
+        return self.forward_head(self.forward_features(x))
+
+
+def build_model(name: str | MoMEConfig = "mome_paper", **overrides) -> UniversalSeg:
+    """Build a configuration of :data:`CONFIGS` (or a :class:`MoMEConfig`), with field ``overrides``.
+
+    Example:
+        >>> build_model("mome_test", router_hidden=8).config.router_hidden
+        8
+    """
+    return UniversalSeg(resolve_config(name, CONFIGS, overrides, what="MoME"))

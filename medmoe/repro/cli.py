@@ -1,0 +1,124 @@
+"""The ``medmoe`` command: ``run`` a chapter notebook with a profile, ``prepare`` notebooks for nbval, list the
+``chapters``, ``report`` the reproduction page, ``reproduce`` registry cells, print the ``env`` record.
+
+Explained in the book: *Environment and commands*. The work is done by :mod:`medmoe.repro.runner` and
+:mod:`medmoe.repro.registry`; this module only parses arguments (it imports both, neither imports it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medmoe.env import environment
+from medmoe.papers import cards
+from medmoe.repro.registry import render_report, render_timings, reproduce
+from medmoe.repro.runner import METRICS_FILE, RunnerError, prepare_notebook, run_notebook
+
+__all__ = ["build_parser", "main"]
+
+
+def _parse_value(text: str) -> Any:
+    """CLI values are YAML scalars: ``4`` -> int, ``0.5`` -> float, ``true`` -> bool, ``[1, 2]`` -> list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = {}
+    for name, value in args.parameter or []:
+        overrides[name] = _parse_value(value)
+    rec = run_notebook(args.notebook, profile=args.profile, parameters=overrides, out_dir=args.out,
+                       timeout=args.timeout, log_output=args.log_output)
+    print(json.dumps({k: rec[k] for k in ("notebook", "profile", "seed", "status", "wall_time_s", "metrics")}, indent=2, default=str))
+    print(f"wrote {Path(rec['parameters']['run_dir']) / METRICS_FILE}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    overrides = {name: _parse_value(value) for name, value in args.parameter or []}
+    for nb in args.notebooks:
+        out = prepare_notebook(nb, Path(args.out_dir) / (Path(nb).stem + ".ipynb"), profile=args.profile, parameters=overrides)
+        print(f"wrote {out}")
+    return 0
+
+
+def _cmd_chapters(args: argparse.Namespace) -> int:
+    for card in cards():
+        print(card.notebook if args.stems else f"{card.notebook_path}\t{card.paper}\t{card.title}\t{sorted(card.profiles)}")
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    print(json.dumps(environment(), indent=2))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reproduction.md").write_text(render_report(runs_root=Path(args.runs)))
+    (out / "timings.md").write_text(render_timings(runs_root=Path(args.runs)))
+    (out / "environment.md").write_text("```json\n" + json.dumps(environment(), indent=2) + "\n```\n")
+    print(f"wrote reproduction.md, timings.md and environment.md to {out}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    for rec in reproduce(args.cells, runs_root=Path(args.runs)):
+        print(f"{rec['cell']}: {rec['status']} ({rec['run_dir']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medmoe", description="MedMoE Book: run chapter notebooks and reproduce paper tables.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="execute a notebook with a profile through papermill")
+    r.add_argument("notebook", help="e.g. notebooks/00_moe_primer.py")
+    r.add_argument("--profile", default="quick", help="quick | smoke | paper (see the paper's card.yaml)")
+    r.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="override a parameter (value parsed as YAML); repeatable")
+    r.add_argument("--out", help="output folder (default runs/<profile>/<notebook>)")
+    r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    r.add_argument("--log-output", action="store_true", help="stream the notebook's output")
+    r.set_defaults(func=_cmd_run)
+    pr = sub.add_parser("prepare", help="write notebooks with a profile injected, not executed (for nbval)")
+    pr.add_argument("notebooks", nargs="+")
+    pr.add_argument("--profile", default="smoke")
+    pr.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    pr.add_argument("--out-dir", required=True)
+    pr.set_defaults(func=_cmd_prepare)
+    ls = sub.add_parser("chapters", help="list the chapters' notebooks, discovered from medmoe/papers/*/card.yaml")
+    ls.add_argument("--stems", action="store_true", help="print only the notebook stems (for shell loops)")
+    ls.set_defaults(func=_cmd_chapters)
+    e = sub.add_parser("env", help="print the environment record")
+    e.set_defaults(func=_cmd_env)
+    rep = sub.add_parser("report", help="render the reproduction page and the timing table from the registry and runs/")
+    rep.add_argument("--runs", default="runs")
+    rep.add_argument("--out-dir", required=True, help="folder for reproduction.md and timings.md (book/chapters)")
+    rep.set_defaults(func=_cmd_report)
+    rp = sub.add_parser("reproduce", help="run the notebooks behind registry cells")
+    rp.add_argument("cells", nargs="+", help="cell ids (see `medmoe report`) or paper names")
+    rp.add_argument("--runs", default="runs")
+    rp.set_defaults(func=_cmd_reproduce)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RunnerError as e:
+        print(f"medmoe: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Execute a chapter notebook with a named profile and record what happened (``medmoe run``, :mod:`medmoe.repro.cli`).
+
+Explained in the book: *Environment and commands*. The runner is how the book, CI and a researcher
+re-running a paper's table all execute notebooks:
+
+* a notebook is a jupytext percent file (``notebooks/NN_name.py``) with one cell tagged ``parameters``;
+* the paper's card (``medmoe/papers/<name>/card.yaml``, found by :func:`medmoe.papers.card_for_notebook`) holds
+  the parameter values of each profile (``quick``: CPU + phantoms, ``smoke``: the tiny nbval run, ``paper``: GPU +
+  real data + the paper's hyperparameters);
+* the runner checks every parameter name against the parameters cell, injects the values with papermill, plus
+  ``profile``, ``run_dir`` and ``run_key`` -- a hash of every parameter's value and the library's version
+  (:func:`run_key_for`), so a checkpoint is resumed only by the same run -- and writes ``<out>/notebook.ipynb`` and
+  ``<out>/metrics.json`` (parameters, metrics the notebook saved with :func:`save_results`, wall time, peak memory,
+  package versions, device, git commit).
+
+It fails loudly: an unknown profile or parameter, a missing parameters cell or a failing cell is an error
+(exit status 1), never a skip.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import medmoe
+from medmoe.env import environment, peak_memory_mb
+from medmoe.papers import card_for_notebook
+
+__all__ = [
+    "RunnerError",
+    "notebook_parameters",
+    "load_profiles",
+    "resolve_parameters",
+    "run_notebook",
+    "prepare_notebook",
+    "fingerprint",
+    "run_key_for",
+    "checkpoint_dir",
+    "save_results",
+]
+
+RESULTS_FILE = "results.json"
+METRICS_FILE = "metrics.json"
+RESERVED = ("profile", "run_dir", "run_key")  # injected by the runner into every notebook
+
+
+class RunnerError(RuntimeError):
+    """A notebook could not be run as asked (bad profile, parameter, notebook or a failing cell)."""
+
+
+def _read_notebook(path: Path):
+    import jupytext  # local: notebooks import this module for save_results, and need not load jupytext
+
+    if not path.is_file():
+        raise RunnerError(f"notebook not found: {path}")
+    if path.suffix not in (".py", ".ipynb", ".md"):
+        raise RunnerError(f"{path}: expected a jupytext .py/.md notebook or an .ipynb")
+    return jupytext.read(path)
+
+
+def notebook_parameters(nb) -> dict[str, Any]:
+    """Names and default values assigned in the cell tagged ``parameters``.
+
+    Values that are not Python literals are reported as the source text of the expression.
+    """
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if not cells:
+        raise RunnerError("the notebook has no cell tagged 'parameters' (add `# %% tags=[\"parameters\"]`)")
+    if len(cells) > 1:
+        raise RunnerError(f"the notebook has {len(cells)} cells tagged 'parameters'; exactly one is allowed")
+    try:
+        tree = ast.parse(cells[0].source)
+    except SyntaxError as e:
+        raise RunnerError(f"the parameters cell is not valid Python: {e}") from e
+    params: dict[str, Any] = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for t in targets:
+            if isinstance(t, ast.Name) and node.value is not None:
+                try:
+                    params[t.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    params[t.id] = ast.unparse(node.value)
+    return params
+
+
+def load_profiles(notebook: str | Path) -> dict[str, dict[str, Any]]:
+    """The profiles of one notebook: ``{profile: {parameter: value}}``.
+
+    A chapter's come from its paper's card (:func:`medmoe.papers.card_for_notebook`). A notebook outside the book
+    (your own, or a test's) may keep them in a ``profiles.yaml`` beside it: ``{<stem>: {profiles: {...}}}``.
+    """
+    notebook = Path(notebook)
+    local = notebook.parent / "profiles.yaml"
+    if local.is_file():
+        entry = (yaml.safe_load(local.read_text()) or {}).get(notebook.stem)
+        if entry is None:
+            raise RunnerError(f"{local} has no entry for notebook '{notebook.stem}'")
+        profiles = entry.get("profiles")
+        if not isinstance(profiles, dict) or not profiles:
+            raise RunnerError(f"{local}: '{notebook.stem}' must define a non-empty 'profiles' mapping")
+        return {name: dict(values or {}) for name, values in profiles.items()}
+    try:
+        return load_card_profiles(notebook.stem)
+    except ValueError as e:
+        raise RunnerError(str(e)) from None
+
+
+def load_card_profiles(stem: str) -> dict[str, dict[str, Any]]:
+    """``{profile: {parameter: value}}`` from the card of the paper whose notebook is ``notebooks/<stem>.py``."""
+    return {name: dict(values) for name, values in card_for_notebook(stem).profiles.items()}
+
+
+def resolve_parameters(notebook: str | Path, profile: str, overrides: dict[str, Any] | None = None):
+    """Check a profile and overrides against the notebook; return ``(nb, injected, all_parameters)``.
+
+    ``injected`` is what papermill writes into the notebook (profile values, then overrides, then
+    ``profile``); ``all_parameters`` adds the notebook's own defaults for everything not injected.
+    """
+    notebook = Path(notebook)
+    nb = _read_notebook(notebook)
+    try:
+        defaults = notebook_parameters(nb)
+    except RunnerError as e:
+        raise RunnerError(f"{notebook}: {e}") from None
+    missing = [r for r in RESERVED if r not in defaults]
+    if missing:
+        raise RunnerError(f"{notebook}: the parameters cell must define {missing} (the runner sets them)")
+    profiles = load_profiles(notebook)
+    if profile not in profiles:
+        raise RunnerError(f"unknown profile '{profile}' for {notebook.stem}; known profiles: {sorted(profiles)}")
+    overrides = dict(overrides or {})
+    for source, values in (("profile '" + profile + "'", profiles[profile]), ("overrides", overrides)):
+        unknown = sorted(set(values) - set(defaults))
+        if unknown:
+            raise RunnerError(f"unknown parameter(s) {unknown} in {source} for {notebook.stem}; "
+                              f"the parameters cell defines: {sorted(defaults)}")
+    injected = {**profiles[profile], **overrides, "profile": profile}
+    all_parameters = {**defaults, **injected}
+    injected["run_key"] = all_parameters["run_key"] = run_key_for(notebook.stem, all_parameters)
+    return nb, injected, all_parameters
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    """A short stable hash of JSON-able values (e.g. the parameters that define a training run).
+
+    Example:
+        >>> fingerprint({"a": 1, "b": [2, 3]}) == fingerprint({"b": [2, 3], "a": 1})
+        True
+    """
+    return hashlib.sha1(json.dumps(_json_safe(values), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_key_for(notebook: str, parameters: dict[str, Any]) -> str:
+    """The checkpoint key of a run: a hash of the notebook's name, **every** parameter's value and ``medmoe``'s
+    version (``run_dir`` and ``run_key`` left out). :class:`medmoe.engine.TrainConfig` refuses to resume a
+    checkpoint written under another key, so changing any parameter, or the library, never resumes a stale run.
+
+    Example:
+        >>> a = run_key_for("01_mlmoe", {"seed": 0, "epochs": 3, "run_dir": "x"})
+        >>> a == run_key_for("01_mlmoe", {"seed": 0, "epochs": 3, "run_dir": "elsewhere"})
+        True
+        >>> a == run_key_for("01_mlmoe", {"seed": 0, "epochs": 4, "run_dir": "x"})
+        False
+    """
+    kept = {k: v for k, v in parameters.items() if k not in ("run_dir", "run_key")}
+    return fingerprint({"notebook": Path(notebook).stem, "parameters": kept, "medmoe": medmoe.__version__})
+
+
+def checkpoint_dir(run_dir: str | Path, run_key: str | None) -> Path:
+    """Where a notebook keeps its checkpoints: ``<run_dir>/checkpoints/<run_key>``.
+
+    Without the runner (``run_key`` is ``None``: a notebook opened by hand) every session gets a fresh folder, so
+    it never resumes a checkpoint written with other parameters.
+    """
+    if run_key is None:
+        run_key = "interactive-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path(run_dir) / "checkpoints" / run_key
+
+
+def _ensure_kernel_metadata(nb, kernel_name: str = "python3") -> None:
+    """Percent files without a jupytext header have no kernelspec; papermill needs one."""
+    nb.metadata.setdefault("kernelspec", {"name": kernel_name, "display_name": "Python 3", "language": "python"})
+    nb.metadata.setdefault("language_info", {"name": "python"})
+
+
+def _json_safe(obj: Any) -> Any:
+    """Strict JSON: NaN/inf become ``None`` (with the key kept), tensors and numpy scalars become numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return _json_safe(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def save_results(run_dir: str | Path, metrics: dict[str, Any], **extra: Any) -> Path:
+    """Called from a notebook's last cell: write the run's metrics (and the kernel's peak memory).
+
+    ``metrics`` must be JSON-serialisable numbers/strings/lists; the runner merges the file into
+    ``metrics.json``. Works without the runner too (interactive use), writing to ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = _json_safe({"metrics": metrics, "kernel_peak_memory": peak_memory_mb(), **extra})
+    path = run_dir / RESULTS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def run_notebook(
+    notebook: str | Path,
+    *,
+    profile: str = "quick",
+    parameters: dict[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    kernel_name: str = "python3",
+    timeout: int | None = None,
+    log_output: bool = False,
+) -> dict[str, Any]:
+    """Execute ``notebook`` with ``profile`` and ``parameters`` overrides; return the ``metrics.json`` record.
+
+    Raises :class:`RunnerError` on any problem; a failing cell still leaves ``notebook.ipynb`` (with the
+    error) and a ``metrics.json`` with ``"status": "failed"`` in ``out_dir``.
+    """
+    import papermill as pm  # local: slow to import, and a notebook kernel importing save_results never needs it
+
+    notebook = Path(notebook)
+    nb, injected, all_params = resolve_parameters(notebook, profile, parameters)
+    _ensure_kernel_metadata(nb, kernel_name)
+    out = Path(out_dir) if out_dir else Path("runs") / profile / notebook.stem
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    for stale in (RESULTS_FILE, METRICS_FILE):
+        (out / stale).unlink(missing_ok=True)
+    injected["run_dir"] = str(out)
+    all_params["run_dir"] = str(out)
+    record: dict[str, Any] = {
+        "notebook": str(notebook),
+        "profile": profile,
+        "parameters": all_params,
+        "overrides": dict(parameters or {}),
+        "seed": all_params.get("seed"),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "executed_notebook": "notebook.ipynb",
+    }
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            nb, str(out / "notebook.ipynb"), parameters=injected, kernel_name=kernel_name,
+            progress_bar=False, log_output=log_output, cwd=str(notebook.parent.resolve()),
+            execution_timeout=timeout,
+        )
+    except Exception as e:  # papermill raises PapermillExecutionError for a failing cell
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=round(time.perf_counter() - t0, 1),
+                      environment=environment())
+        _atomic_json(out / METRICS_FILE, record)
+        raise RunnerError(f"{notebook} failed with profile '{profile}' (see {out / 'notebook.ipynb'}):\n{e}") from e
+    record["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    results_path = out / RESULTS_FILE
+    if not results_path.is_file():
+        record.update(status="failed", error="the notebook did not call medmoe.repro.runner.save_results(run_dir, ...)")
+        _atomic_json(out / METRICS_FILE, record)
+        raise RunnerError(f"{notebook}: {record['error']}")
+    results = json.loads(results_path.read_text())
+    record.update(status="ok", **results, environment=environment())
+    _atomic_json(out / METRICS_FILE, record)
+    return record
+
+
+def prepare_notebook(notebook: str | Path, out_path: str | Path, *, profile: str = "smoke",
+                     parameters: dict[str, Any] | None = None) -> Path:
+    """Write ``notebook`` as an ``.ipynb`` with the profile's parameters injected but not executed.
+
+    This is what nbval runs in ``make test``: the same checks on names as :func:`run_notebook`, then
+    papermill's ``prepare_only`` mode. ``run_dir`` points next to ``out_path``.
+    """
+    import papermill as pm  # local: slow to import, and a notebook kernel importing save_results never needs it
+
+    nb, injected, _ = resolve_parameters(notebook, profile, parameters)
+    _ensure_kernel_metadata(nb)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    injected["run_dir"] = str((out_path.parent / "runs" / Path(notebook).stem).resolve())
+    pm.execute_notebook(nb, str(out_path), parameters=injected, prepare_only=True, progress_bar=False)
+    return out_path
