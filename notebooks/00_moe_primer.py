@@ -46,9 +46,10 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 # Parameters. `medmoe run notebooks/00_moe_primer.py --profile quick -p n_experts 6` overrides them;
-# the profiles (quick / smoke / paper) live in notebooks/profiles.yaml.
+# the profiles (quick / smoke) live in medmoe/papers/primer/card.yaml.
 profile = "quick"
 run_dir = "runs/interactive/00_moe_primer"
+run_key = None  # injected by the runner: a hash of every parameter and the medmoe version
 seed = 0
 n_experts = 4
 modalities = ["cxr", "ct", "mri", "us"]
@@ -74,14 +75,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from monai.losses import DiceCELoss
-from torch.utils.data import DataLoader
 
 import medmoe
 from medmoe.data.phantoms import MODALITIES, PhantomDataset2D
-from medmoe.engine import TrainConfig, fit
-from medmoe.metrics import per_image_dice
-from medmoe.papers.primer.model import ToyMoESegmenter
 from medmoe.moe import (
     HardRouter,
     NoisyTopKGate,
@@ -96,12 +92,13 @@ from medmoe.moe import (
     router_z_loss,
     switch_balance_loss,
 )
-from medmoe.repro.runner import save_results
-from medmoe.utils import seed_everything
+from medmoe.papers.primer import VARIANTS, build, evaluate, train
+from medmoe.repro import checkpoint_dir, save_results
+from medmoe.utils import resolve_device, seed_everything
 from medmoe.viz import expert_load_bars, history_lines, phantom_gallery, routing_heatmaps
 
 seed_everything(seed)
-dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+dev = resolve_device(device)
 run_dir = Path(run_dir)
 print(f"medmoe {medmoe.__version__}, torch {torch.__version__}, device {dev}, seed {seed}, experts {n_experts}")
 
@@ -183,7 +180,7 @@ from medmoe.moe import dispatch_combine  # noqa: F401  (what ToyMoESegmenter.for
 
 
 def forward_ms(gate, n, reps=5):
-    m = ToyMoESegmenter(in_channels=1, width=width, num_experts=n, gate=gate, router_init_std=router_init_std).eval()
+    m = build("primer_quick", width=width, num_experts=n, gate=gate, router_init_std=router_init_std).eval()
     xb = torch.stack([test_ds[i]["image"] for i in range(min(64, len(test_ds)))])
     with torch.no_grad():
         m(xb)
@@ -245,66 +242,22 @@ pd.DataFrame(rows).set_index("gates").round(3)
 # | `hard + L_aux` | `HardRouter` | `aux_weight` × cross-entropy(router logits, modality) |
 
 # %%
-VARIANTS = {
-    "soft": ("soft", None),
-    "soft + L_div": ("soft", "diversity"),
-    "top-1": ("noisy_topk", None),
-    "top-1 + CV²": ("noisy_topk", "cv2"),
-    "top-1 + Switch": ("noisy_topk", "switch"),
-    "hard + L_aux": ("hard", "aux"),
-}
-seg_loss = DiceCELoss(sigmoid=True)
-# The router's auxiliary target: the modality's position in `modalities`; with fewer experts than
-# modalities, modality m is asked to use expert m mod N.
+# The six variants (medmoe.papers.primer.recipe.VARIANTS: name -> (gate, extra loss)) and their training
+# (medmoe.papers.primer.recipe.train: AdamW, Dice + BCE plus the variant's extra loss, on medmoe.engine).
+loss_weights = dict(diversity_weight=diversity_weight, balance_weight=balance_weight, aux_weight=aux_weight)
+# The router's auxiliary target is the modality's position in `modalities` (modality m -> expert m mod N).
 local_modality = torch.full((len(MODALITIES),), -1, dtype=torch.long)
 local_modality[[MODALITIES.index(m) for m in modalities]] = torch.arange(len(modalities))
-
-
-def make_step(extra):
-    def step(model, batch):
-        out = model(batch["image"])
-        loss_seg = seg_loss(out.logits, batch["mask"])
-        g = out.gate
-        if extra == "diversity":
-            loss_aux = diversity_weight * diversity_loss(g.probs)
-        elif extra == "cv2":
-            loss_aux = balance_weight * importance_load_loss(g.weights).loss
-        elif extra == "switch":
-            loss_aux = balance_weight * switch_balance_loss(g.probs, g.indices)
-        elif extra == "aux":
-            loss_aux = aux_weight * HardRouter.aux_loss(g, local_modality[batch["modality"]] % n_experts)
-        else:
-            loss_aux = loss_seg.new_zeros(())
-        return {"loss": loss_seg + loss_aux, "seg": loss_seg.detach(), "aux": loss_aux.detach()}
-
-    return step
-
-
-@torch.no_grad()
-def evaluate(model, loader):
-    """Per-image Dice (LViT convention, threshold 0.5) and every routing decision on the test set."""
-    model.eval()
-    dice, chosen, probs, mods = [], [], [], []
-    for batch in loader:
-        out = model(batch["image"].to(dev))
-        dice.append(per_image_dice(out.logits.cpu(), batch["mask"], from_logits=True))
-        chosen.append(out.gate.indices[:, 0].cpu())
-        probs.append(out.gate.probs.cpu())
-        mods.append(batch["modality"])
-    return torch.cat(dice), torch.cat(chosen), torch.cat(probs), torch.cat(mods)
-
-
-test_loader = DataLoader(test_ds, batch_size=64)
+ckpt = checkpoint_dir(run_dir, run_key)
 results, histories = {}, {}
 for name, (gate, extra) in VARIANTS.items():
     seed_everything(seed)
-    model = ToyMoESegmenter(in_channels=1, width=width, num_experts=n_experts, gate=gate, k=1, router_init_std=router_init_std)
-    train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True)
-    cfg = TrainConfig(out_dir=run_dir / "checkpoints" / name.replace(" ", "").replace("+", "_").replace("²", "2"),
-                      epochs=epochs, seed=seed, progress=False, resume=False)
-    fit_result = fit(model, torch.optim.AdamW(model.parameters(), lr=lr), train_loader, step_fn=make_step(extra), config=cfg)
+    model = build("primer_quick", width=width, num_experts=n_experts, gate=gate, router_init_std=router_init_std)
+    fit_result = train(model, train_ds, out_dir=ckpt / name.replace(" ", "").replace("+", "_").replace("²", "2"),
+                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, run_key=run_key, extra=extra,
+                       modalities=modalities, **loss_weights)
     histories[name] = fit_result.history
-    results[name] = evaluate(model.to(dev), test_loader)
+    results[name] = evaluate(model.to(dev), test_ds)
     print(f"{name:>15}: final train loss {fit_result.history[-1]['train_loss']:.3f}")
 
 fig = history_lines(histories, key="train_loss")
@@ -329,8 +282,8 @@ mod_labels = local_modality[torch.tensor(test_ds.modality_labels)]
 random_mi = float(np.mean([mutual_information(torch.randint(0, n_experts, (len(test_ds),), generator=g), mod_labels).item() for _ in range(50)]))
 
 rows, loads, tables, notes = [], {}, {}, {}
-for name, (dice, chosen, probs, mods) in results.items():
-    mods = local_modality[mods]
+for name, res in results.items():
+    dice, chosen, probs, mods = res["dice"], res["expert"], res["probs"], local_modality[res["modality"]]
     mi = mutual_information(chosen, mods).item()
     nmi = normalized_mutual_information(chosen, mods).item()
     load = expert_load(chosen, n_experts)

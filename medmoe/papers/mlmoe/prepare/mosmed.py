@@ -50,7 +50,7 @@ from pathlib import Path
 
 from medmoe.data.download import ChecksumError, DownloadError, ManualDownloadRequired, sha256sum
 from medmoe.data import prepare as prep
-from medmoe.papers.mlmoe import data as layout
+from medmoe.papers.mlmoe import data as mlmoe_data
 from medmoe.papers.mlmoe import prepare as arrange
 from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root
 
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--masks-dir", metavar="DIR", help="the mask folder (relative: inside the download)")
     parser.add_argument("--text-dir", metavar="DIR",
                         help="folder holding LViT's workbooks (default: <root>/lvit_text/mosmed_plus)")
-    parser.add_argument("--mask-name-rule", choices=("auto", *layout.MASK_NAME_RULES), default="auto",
+    parser.add_argument("--mask-name-rule", choices=("auto", *mlmoe_data.MASK_NAME_RULES), default="auto",
                         help="how the image is named from the Image column (default: auto-detect)")
     parser.add_argument("--out", metavar="DIR", help="Ariadne layout output (default: <root>/MosMedDataPlus)")
     parser.add_argument("--lvit-layout", metavar="DIR", nargs="?", const="",
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _image_count(folder: Path) -> int:
     try:
-        return sum(1 for e in folder.iterdir() if e.suffix.lower() in layout.IMAGE_SUFFIXES)
+        return sum(1 for e in folder.iterdir() if e.suffix.lower() in mlmoe_data.IMAGE_SUFFIXES)
     except OSError:
         return 0
 
@@ -207,15 +207,15 @@ def run(args: argparse.Namespace) -> int:
             args.mosmed, source="mosmed_plus", root=root, scratch=scratch,
             verify=not args.no_verify, use_kaggle_cli=not args.no_kaggle, progress=not args.quiet,
         )
-        tables = {split: layout.read_text_table(text_dir / name) for split, name in WORKBOOKS.items()}
+        tables = {split: mlmoe_data.read_text_table(text_dir / name) for split, name in WORKBOOKS.items()}
         images_dir, masks_dir = find_image_mask_folders(
             folder, images_dir=args.images_dir, masks_dir=args.masks_dir,
             mask_names=[m for rows in tables.values() for _, m, _ in rows],
         )
-        rows = {split: [layout.TextRow(text_dir / WORKBOOKS[split], r, m, t, masks_dir, images_dir)
+        rows = {split: [mlmoe_data.TextRow(text_dir / WORKBOOKS[split], r, m, t, masks_dir, images_dir)
                         for r, m, t in table] for split, table in tables.items()}
         every = rows["train"] + rows["val"] + rows["test"]
-        rule, images = layout.match_images(every, rule=args.mask_name_rule)
+        rule, images = mlmoe_data.match_images(every, rule=args.mask_name_rule)
         arrange.check_readable([*dict.fromkeys(images), *dict.fromkeys(r.mask_path for r in every)])
 
         ariadne, lvit_pairs = {}, {}

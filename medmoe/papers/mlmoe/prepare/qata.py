@@ -42,7 +42,7 @@ from pathlib import Path
 
 from medmoe.data.download import ChecksumError, DownloadError, ManualDownloadRequired, sha256sum
 from medmoe.data import prepare as prep
-from medmoe.papers.mlmoe import data as layout
+from medmoe.papers.mlmoe import data as mlmoe_data
 from medmoe.papers.mlmoe import prepare as arrange
 from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root
 
@@ -105,7 +105,7 @@ def _id_key(value: str) -> str:
     if name.startswith("mask_"):
         name = name[len("mask_"):]
     stem, suffix = os.path.splitext(name)
-    return stem if suffix.lower() in layout.IMAGE_SUFFIXES else name
+    return stem if suffix.lower() in mlmoe_data.IMAGE_SUFFIXES else name
 
 
 def _read_ids(path: Path, keys: dict[str, list[int]]) -> list[int]:
@@ -136,7 +136,7 @@ def _read_ids(path: Path, keys: dict[str, list[int]]) -> list[int]:
     return rows
 
 
-def split_train_val(train_rows: list[layout.TextRow], text_dir: Path, mode: str) -> tuple[list[int], list[int], str]:
+def split_train_val(train_rows: list[mlmoe_data.TextRow], text_dir: Path, mode: str) -> tuple[list[int], list[int], str]:
     """``(train row indices, val row indices, how)`` for LViT's train workbook."""
     have_ids = (text_dir / TRAIN_IDS).is_file() and (text_dir / VAL_IDS).is_file()
     if mode == "ids" and not have_ids:
@@ -218,9 +218,9 @@ def run(args: argparse.Namespace) -> int:
         rows = {}
         for key, name, folder in (("train", TRAIN_TEXT, "Train Set"), ("test", TEST_TEXT, "Test Set")):
             table = text_dir / name
-            rows[key] = [layout.TextRow(table, r, m, t, kaggle / folder / KAGGLE_MASKS, kaggle / folder / KAGGLE_IMAGES)
-                         for r, m, t in layout.read_text_table(table)]
-        _, images = layout.match_images(rows["train"] + rows["test"], rule="strip_mask_prefix")
+            rows[key] = [mlmoe_data.TextRow(table, r, m, t, kaggle / folder / KAGGLE_MASKS, kaggle / folder / KAGGLE_IMAGES)
+                         for r, m, t in mlmoe_data.read_text_table(table)]
+        _, images = mlmoe_data.match_images(rows["train"] + rows["test"], rule="strip_mask_prefix")
         pairs = [arrange.SourcePair(img, r.mask_path, r.text, Path(r.mask_name).name, img.name)
                  for r, img in zip(rows["train"] + rows["test"], images)]
         arrange.check_readable(path for p in pairs for path in (p.image, p.mask))
