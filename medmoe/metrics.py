@@ -24,6 +24,7 @@ threshold, but each function follows its paper's code and says which one it uses
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from monai.networks.utils import one_hot
 
@@ -39,6 +40,7 @@ __all__ = [
     "per_class_per_image_dice",
     "per_volume_class_dice",
     "mean_dice_per_class",
+    "binary_dice",
 ]
 
 METRIC_CONVENTIONS: dict[str, str] = {
@@ -501,3 +503,26 @@ def mean_dice_per_class(dice_bc: torch.Tensor) -> torch.Tensor:
     """
     check_rank(dice_bc, 2, "dice_bc")
     return dice_bc.nanmean(dim=0)
+
+
+def binary_dice(pred, target, *, smooth: float = 1.0) -> float:
+    """The Dice of one binary mask against another, ``2|P & G| / (|P| + |G| + smooth)``: for a figure or a table
+    cell, not a paper's metric (those are above). ``smooth=1`` is the Universal Model's denominator.
+
+    ``pred`` and ``target`` are boolean (or 0/1) arrays or tensors of the same shape.
+
+    Raises:
+        ValueError: different shapes, or values other than 0/1.
+
+    Example:
+        >>> binary_dice(np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool))
+        0.5
+    """
+    p, t = np.asarray(torch.as_tensor(pred).cpu()), np.asarray(torch.as_tensor(target).cpu())
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target must have the same shape, got {p.shape} and {t.shape}")
+    for name, x in (("pred", p), ("target", t)):
+        if x.dtype != bool and not np.isin(x, (0, 1)).all():
+            raise ValueError(f"{name} must be a binary mask (bool or 0/1); threshold probabilities first")
+    p, t = p.astype(bool), t.astype(bool)
+    return float(2 * (p & t).sum() / (p.sum() + t.sum() + smooth))

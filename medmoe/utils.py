@@ -6,6 +6,7 @@ import os
 import random
 import re
 from collections.abc import Iterable
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,21 +96,23 @@ def check_last_dim(x: torch.Tensor, size: int, name: str) -> None:
         raise ValueError(f"{name} must have last dimension {size}, got shape {tuple(x.shape)}")
 
 
-def resolve_config(name, configs: dict, overrides: dict, *, what: str):
+def resolve_config(name, configs: dict, overrides: dict, *, what: str, aliases: dict[str, str] | None = None):
     """A model configuration (a frozen dataclass) from a registered ``name`` or a config instance, with fields
     overridden by ``overrides`` (lists become tuples, as configs are data). Used by every ``build_model``.
+
+    ``aliases`` maps documented older names to registered ones (SegMoTE's ``"sam_b"`` -> ``"segmote_paper"``).
 
     Raises:
         ValueError: an unknown name (listing the known ones) or unknown field names (listing the fields).
     """
-    from dataclasses import fields, is_dataclass, replace
-
+    aliases = aliases or {}
     if is_dataclass(name) and not isinstance(name, type):
         cfg = name
-    elif name in configs:
-        cfg = configs[name]
+    elif name in configs or name in aliases:
+        cfg = configs[aliases.get(name, name)]
     else:
-        raise ValueError(f"unknown {what} configuration {name!r}: use one of {sorted(configs)}")
+        known = sorted(configs) + [f"{a} (= {t})" for a, t in sorted(aliases.items())]
+        raise ValueError(f"unknown {what} configuration {name!r}: use one of {known}")
     known = {f.name for f in fields(cfg)}
     unknown = sorted(set(overrides) - known)
     if unknown:

@@ -21,7 +21,7 @@ from torch import nn
 from medmoe.moe import GateOutput, HardRouter, NoisyTopKGate, SoftGate, dispatch_combine
 from medmoe.utils import check_rank, resolve_config
 
-__all__ = ["ToyMoESegmenter", "ToyOutput", "ToyConfig", "GATES", "CONFIGS", "build_model"]
+__all__ = ["ToyMoESegmenter", "ToyOutput", "ToyConfig", "GATES", "CONFIGS", "build_model", "example_inputs"]
 
 GATES = ("soft", "noisy_topk", "hard")
 
@@ -145,3 +145,22 @@ def build_model(name: str | ToyConfig = "primer_quick", *, backbone: nn.Module |
     cfg = resolve_config(name, CONFIGS, overrides, what="primer")
     return ToyMoESegmenter(in_channels=cfg.in_channels, width=cfg.width, num_experts=cfg.num_experts, gate=cfg.gate,
                            k=cfg.k, router_init_std=cfg.router_init_std)
+
+
+def example_inputs(name: str | ToyConfig = "primer_test", *, batch_size: int = 2
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    """A random batch for ``build_model(name)`` and the output shapes it must give (the contract test,
+    ``tests/test_contract.py``, runs every paper's ``_test`` configuration through this).
+
+    Returns:
+        ``(kwargs for forward, {output field: expected shape})``; the first field is the one to backpropagate.
+
+    Example:
+        >>> kwargs, shapes = example_inputs("primer_test")
+        >>> build_model("primer_test")(**kwargs).logits.shape == shapes["logits"]
+        True
+    """
+    cfg = resolve_config(name, CONFIGS, {}, what="primer")
+    size = 32
+    kwargs = {"x": torch.randn(batch_size, cfg.in_channels, size, size)}
+    return kwargs, {"logits": (batch_size, 1, size, size), "counts": (cfg.num_experts,)}
