@@ -1,14 +1,16 @@
 # MedMoE Book. Two commands on a fresh machine (Python 3.11, no GPU, package registries only):
 #   make book   -- set up .venv, run every chapter notebook (quick profile) with papermill, build the HTML book
-#   make test   -- set up .venv, unit tests, then nbval over every notebook (smoke profile)
+#   make test   -- set up .venv, lint (ruff), unit tests + every docstring example, nbval over every notebook (smoke)
 PYTHON   ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.medmoe-installed
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+# The chapters are discovered from the paper folders' cards (medmoe/papers/<name>/card.yaml): adding a paper
+# adds its notebook here without editing this file.
+NOTEBOOKS = $(shell $(BIN)/medmoe chapters --paths)
 PROFILE  ?= quick
 
-.PHONY: book test install notebooks unit nbval sync clean help
+.PHONY: book test install notebooks lint unit nbval sync clean help
 help:
 	@echo "make book | make test | make notebooks PROFILE=quick | make sync | make clean"
 
@@ -25,6 +27,7 @@ install: $(STAMP)
 # Execute every chapter notebook with PROFILE through the runner; copy the executed notebooks into the book.
 notebooks: $(STAMP)
 	@mkdir -p book/chapters
+	@test -n "$(NOTEBOOKS)" || { echo "no chapter notebooks found (medmoe chapters --paths)"; exit 1; }
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  stem=$$(basename $$nb .py); \
 	  echo "== medmoe run $$nb --profile $(PROFILE)"; \
@@ -44,15 +47,20 @@ book: notebooks $(MATHJAX)
 	$(BIN)/jupyter-book build book --builder html -W -n --keep-going
 	@echo "book: open book/_build/html/index.html"
 
+# One linter, pinned in requirements.txt, configured in pyproject.toml ([tool.ruff]: line length 120).
+lint: $(STAMP)
+	$(BIN)/ruff check medmoe tests data_scripts notebooks
+
+# Unit tests plus every docstring example in the package (--doctest-modules, set in pyproject.toml).
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests medmoe -q
 
 nbval: $(STAMP)
 	rm -rf build/nbval
 	$(BIN)/medmoe prepare $(NOTEBOOKS) --profile smoke --out-dir build/nbval
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider build/nbval -q
 
-test: unit nbval
+test: lint unit nbval
 
 # Keep each notebooks/NN_name.py and its paired .ipynb in step (the .ipynb is committed without outputs).
 sync: $(STAMP)

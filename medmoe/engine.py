@@ -55,7 +55,12 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, extract_model_from_parallel, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    extract_model_from_parallel,
+    set_seed,
+)
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm

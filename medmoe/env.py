@@ -47,7 +47,7 @@ def peak_memory_mb() -> dict[str, float]:
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     out = {"cpu_rss_mb": round(max(self_kb, child_kb) / 1024, 1)}
     try:
-        import torch
+        import torch  # lazy: the environment record is written even where torch is missing or broken
 
         if torch.cuda.is_available():
             out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -72,7 +72,7 @@ def environment() -> dict:
         "git_commit": _git_commit(Path(__file__).resolve().parent.parent),
     }
     try:
-        import torch
+        import torch  # lazy: the environment record is written even where torch is missing or broken
 
         cuda = torch.cuda.is_available()
         env["device"] = torch.cuda.get_device_name(0) if cuda else "cpu"

@@ -30,8 +30,9 @@
 # This chapter teaches the shared vocabulary &mdash; the three gates, the dispatch that runs each expert on
 # its share of the inputs only, the losses, and the statistics that tell us whether the experts
 # *specialised* &mdash; on one small experiment where everything but the routing is held fixed.
-# Every function used here lives in `medmoe.moe`, and every number printed below is computed by this
-# notebook when the book is built.
+# Every function used here lives in `medmoe.moe`; the toy model and its training recipe live in
+# `medmoe/papers/primer/` (`model.py`, `recipe.py`, `card.yaml`), and every number printed below is computed by
+# this notebook when the book is built.
 #
 # **Time and hardware.** The `quick` profile runs in about 2&ndash;3 minutes on a 2-core CPU
 # (the measured time of this build is on the [reproduction page](reproduction.md)).

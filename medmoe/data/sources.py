@@ -42,7 +42,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -55,7 +55,6 @@ from medmoe.data.download import (
     verify_file,
 )
 
-
 # Shared by the scripts in data_scripts/ (fetch.py, prepare_qata.py, prepare_mosmed.py).
 #: Exit status of the data scripts: done, bad input or checksum, usage, a manual download is needed first.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MANUAL = 0, 1, 2, 3
@@ -63,7 +62,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MANUAL = 0, 1, 2, 3
 
 def default_data_root() -> str:
     """The data root when ``--root`` is not given: ``$MEDMOE_DATA``, else ``./data`` (git-ignored)."""
-    import os
 
     return os.environ.get("MEDMOE_DATA", "data")
 

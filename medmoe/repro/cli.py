@@ -52,7 +52,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_chapters(args: argparse.Namespace) -> int:
     for card in cards():
-        print(card.notebook if args.stems else f"{card.notebook_path}\t{card.paper}\t{card.title}\t{sorted(card.profiles)}")
+        if args.stems:
+            print(card.notebook)
+        elif args.paths:
+            print(card.notebook_path)
+        else:
+            print(f"{card.notebook_path}\t{card.paper}\t{card.title}\t{sorted(card.profiles)}")
     return 0
 
 
@@ -96,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out-dir", required=True)
     pr.set_defaults(func=_cmd_prepare)
     ls = sub.add_parser("chapters", help="list the chapters' notebooks, discovered from medmoe/papers/*/card.yaml")
-    ls.add_argument("--stems", action="store_true", help="print only the notebook stems (for shell loops)")
+    only = ls.add_mutually_exclusive_group()
+    only.add_argument("--stems", action="store_true", help="print only the notebook stems (for shell loops)")
+    only.add_argument("--paths", action="store_true", help="print only the notebook paths (for the Makefile)")
     ls.set_defaults(func=_cmd_chapters)
     e = sub.add_parser("env", help="print the environment record")
     e.set_defaults(func=_cmd_env)

@@ -28,7 +28,10 @@ GATES = ("soft", "noisy_topk", "hard")
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """A toy MoE segmenter as data (see :data:`CONFIGS`); the fields are :class:`ToyMoESegmenter`'s arguments."""
+    """A toy MoE segmenter as data (see :data:`CONFIGS`); the fields are :class:`ToyMoESegmenter`'s arguments.
+
+    Explained in the book: Chapter 0, section 4 "One experiment, six routers".
+    """
 
     in_channels: int = 1
     width: int = 16
@@ -46,7 +49,10 @@ CONFIGS: dict[str, ToyConfig] = {
 
 
 class ToyOutput(NamedTuple):
-    """``logits``: ``(B, 1, H, W)`` mask logits; ``gate``: the gate's decision; ``counts``: ``(N,)`` per-expert inputs."""
+    """``logits``: ``(B, 1, H, W)`` mask logits; ``gate``: the gate's decision; ``counts``: ``(N,)`` per-expert inputs.
+
+    Explained in the book: Chapter 0, section 2 "Three gates, one output type".
+    """
 
     logits: torch.Tensor
     gate: GateOutput
@@ -55,6 +61,8 @@ class ToyOutput(NamedTuple):
 
 class ToyMoESegmenter(nn.Module):
     """A tiny CNN whose mask head is a mixture of N experts routed per image.
+
+    Explained in the book: Chapter 0, sections 2 "Three gates, one output type" and 4 "One experiment, six routers".
 
     Args:
         in_channels: image channels.
