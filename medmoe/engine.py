@@ -152,7 +152,9 @@ class TrainConfig:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"TrainConfig.seed must be a non-negative int, got {self.seed!r}")
         if self.mixed_precision not in _MIXED_PRECISION:
-            raise ValueError(f"TrainConfig.mixed_precision must be one of {_MIXED_PRECISION}, got {self.mixed_precision!r}")
+            raise ValueError(
+                f"TrainConfig.mixed_precision must be one of {_MIXED_PRECISION}, got {self.mixed_precision!r}"
+            )
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"TrainConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         if self.mode not in ("min", "max"):
@@ -162,7 +164,9 @@ class TrainConfig:
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
             raise ValueError(f"TrainConfig.monitor must be a non-empty string or None, got {self.monitor!r}")
         if self.scheduler_interval not in ("step", "epoch"):
-            raise ValueError(f"TrainConfig.scheduler_interval must be 'step' or 'epoch', got {self.scheduler_interval!r}")
+            raise ValueError(
+                f"TrainConfig.scheduler_interval must be 'step' or 'epoch', got {self.scheduler_interval!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (``out_dir`` as a string)."""
@@ -307,7 +311,10 @@ class _Means:
 
     def add(self, logs: Mapping[str, Any]) -> None:
         for key, value in logs.items():
-            value = value.detach().float().reshape(()) if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            if isinstance(value, torch.Tensor):
+                value = value.detach().float().reshape(())
+            else:
+                value = torch.tensor(float(value))
             self.sums[key] = self.sums.get(key, 0.0) + value.to(self.device)
             self.counts[key] = self.counts.get(key, 0) + 1
 
@@ -423,7 +430,9 @@ def _train_one_epoch(
 
 
 @torch.no_grad()
-def _default_eval(accelerator: Accelerator, model: nn.Module, val_loader: Iterable, step_fn: StepFn, show: bool) -> dict[str, float]:
+def _default_eval(
+    accelerator: Accelerator, model: nn.Module, val_loader: Iterable, step_fn: StepFn, show: bool
+) -> dict[str, float]:
     """Mean of ``step_fn``'s outputs over the validation loader, keys prefixed ``val_``."""
     means = _Means(accelerator.device)
     for batch in tqdm(val_loader, desc="validation", leave=False, disable=not show, total=_num_batches(val_loader)):
@@ -467,6 +476,110 @@ def _save_last(accelerator: Accelerator, out_dir: Path, trainer_state: dict[str,
 
 
 # ----------------------------------------------------------------------------- fit
+
+
+@dataclass
+class _Progress:
+    """Where a run stands after an epoch: what :func:`fit` checkpoints and what a resume restores."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    since_best: int = 0
+    epoch: int = 0  # epochs completed
+    stopped_early: bool = False
+
+    def finished(self, epochs: int) -> bool:
+        return self.stopped_early or self.epoch >= epochs
+
+    def result(self, out_dir: Path, monitor: str, resumed_from: int) -> FitResult:
+        return FitResult(self.history, self.best_metric, self.best_epoch, self.stopped_early, self.epoch, out_dir,
+                         monitor, resumed_from)
+
+
+def _resume(accelerator: Accelerator, out_dir: Path, config: TrainConfig, monitor: str, show: bool) -> _Progress:
+    """Restore the last checkpoint in ``out_dir`` (model, optimizer, scheduler, RNG states) and its progress;
+    a fresh :class:`_Progress` when there is none.
+
+    Raises:
+        ValueError: the checkpoint belongs to another ``run_key`` or monitored another metric.
+    """
+    found = _find_checkpoint(out_dir)
+    if found is None:
+        return _Progress()
+    path, state = found
+    if config.run_key is not None and state.get("run_key") != config.run_key:
+        raise ValueError(
+            f"checkpoint in {path} belongs to another run (run_key {state.get('run_key')!r}, this run "
+            f"{config.run_key!r}): its model, data or hyperparameters differ, so it is not resumed; "
+            f"use another out_dir or resume=False"
+        )
+    if state["monitor"] != monitor or state["mode"] != config.mode:
+        raise ValueError(
+            f"checkpoint in {path} monitored {state['monitor']!r} ({state['mode']}), this run monitors "
+            f"{monitor!r} ({config.mode}); use another out_dir or resume=False"
+        )
+    accelerator.load_state(str(path))  # model, optimizer, scheduler, RNG states
+    progress = _Progress(history=state["history"], best_metric=state["best_metric"], best_epoch=state["best_epoch"],
+                         since_best=state["epochs_since_improvement"], epoch=state["epoch"],
+                         stopped_early=state["stopped_early"])
+    if show and progress.finished(config.epochs):
+        tqdm.write(f"[medmoe] {out_dir}: run already finished at epoch {progress.epoch}; nothing to do")
+    elif show:
+        tqdm.write(f"[medmoe] resuming {out_dir} after epoch {progress.epoch}")
+    return progress
+
+
+def _end_of_epoch(accelerator: Accelerator, model: nn.Module, scheduler: Any, out_dir: Path, config: TrainConfig,
+                  monitor: str, progress: _Progress, row: dict[str, float], show: bool) -> None:
+    """After one epoch: record ``row``, keep the best model, step an epoch scheduler, decide on early stopping
+    and write the checkpoint that a resume starts from (``progress`` is updated in place).
+
+    Raises:
+        FloatingPointError: the training loss diverged. ValueError: ``monitor`` is not in ``row``.
+    """
+    epoch = int(row["epoch"]) - 1
+    progress.history.append(row)
+    progress.epoch = epoch + 1
+    if not math.isfinite(row["train_loss"]):
+        raise FloatingPointError(f"train_loss is {row['train_loss']} in epoch {epoch + 1}; training diverged")
+    if monitor not in row:
+        raise ValueError(f"monitor {monitor!r} is not among this epoch's results {sorted(row)}")
+    value = float(row[monitor])
+    if _is_improvement(value, progress.best_metric, config.mode, config.min_delta):
+        progress.best_metric, progress.best_epoch, progress.since_best = value, epoch + 1, 0
+        _save_best(accelerator, model, out_dir, {"epoch": epoch + 1, "monitor": monitor, "value": value})
+    else:
+        progress.since_best += 1
+    if scheduler is not None and config.scheduler_interval == "epoch":
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(value)
+        else:
+            scheduler.step()
+    patience = config.early_stopping_patience
+    progress.stopped_early = (patience is not None and progress.since_best >= patience
+                              and epoch + 1 >= config.min_epochs)
+    trainer_state = {
+        "epoch": epoch + 1,
+        "best_metric": progress.best_metric,
+        "best_epoch": progress.best_epoch,
+        "epochs_since_improvement": progress.since_best,
+        "stopped_early": progress.stopped_early,
+        "monitor": monitor,
+        "mode": config.mode,
+        "run_key": config.run_key,
+        "history": progress.history,
+        "config": config.to_dict(),
+    }
+    _save_last(accelerator, out_dir, trainer_state)
+    if accelerator.is_main_process:
+        _write_history(out_dir, progress.history)
+    if show:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "time_s"))
+        tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown} ({row['time_s']:.1f}s)")
+        if progress.stopped_early:
+            tqdm.write(f"early stopping: no improvement of {monitor} for {progress.since_best} epochs "
+                       f"(best epoch {progress.best_epoch})")
 
 
 def fit(
@@ -557,44 +670,19 @@ def fit(
         else:
             accelerator.register_for_checkpointing(scheduler)
 
-    # ---- resume
-    history: list[dict[str, float]] = []
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    since_best = 0
-    start_epoch = 0
-    found = _find_checkpoint(out_dir) if config.resume else None
-    if found is not None:
-        path, state = found
-        if config.run_key is not None and state.get("run_key") != config.run_key:
-            raise ValueError(
-                f"checkpoint in {path} belongs to another run (run_key {state.get('run_key')!r}, this run "
-                f"{config.run_key!r}): its model, data or hyperparameters differ, so it is not resumed; "
-                f"use another out_dir or resume=False"
-            )
-        if state["monitor"] != monitor or state["mode"] != config.mode:
-            raise ValueError(
-                f"checkpoint in {path} monitored {state['monitor']!r} ({state['mode']}), this run monitors "
-                f"{monitor!r} ({config.mode}); use another out_dir or resume=False"
-            )
-        accelerator.load_state(str(path))  # model, optimizer, scheduler, RNG states
-        history = state["history"]
-        best_metric, best_epoch = state["best_metric"], state["best_epoch"]
-        since_best, start_epoch = state["epochs_since_improvement"], state["epoch"]
-        if state["stopped_early"] or start_epoch >= config.epochs:
-            if show:
-                tqdm.write(f"[medmoe] {out_dir}: run already finished at epoch {start_epoch}; nothing to do")
-            return FitResult(history, best_metric, best_epoch, state["stopped_early"], start_epoch, out_dir, monitor, start_epoch)
-        if show:
-            tqdm.write(f"[medmoe] resuming {out_dir} after epoch {start_epoch}")
-    resumed_from = start_epoch
+    # ---- resume: the progress of an interrupted run with the same run_key, or a fresh start
+    progress = _resume(accelerator, out_dir, config, monitor, show) if config.resume else _Progress()
+    resumed_from = progress.epoch
+    if progress.finished(config.epochs):
+        return progress.result(out_dir, monitor, resumed_from)
 
-    # ---- epochs
-    stopped_early = False
-    for epoch in range(start_epoch, config.epochs):
+    # ---- epochs: train one epoch, validate, then the end-of-epoch bookkeeping
+    for epoch in range(progress.epoch, config.epochs):
         t0 = time.perf_counter()
         row: dict[str, float] = {"epoch": epoch + 1, "lr": float(optimizer.param_groups[0]["lr"])}
-        row.update(_train_one_epoch(accelerator, model, optimizer, train_loader, step_fn, step_scheduler, config, epoch, show))
+        row.update(
+            _train_one_epoch(accelerator, model, optimizer, train_loader, step_fn, step_scheduler, config, epoch, show)
+        )
         if has_val:
             model.eval()
             if eval_fn is not None:
@@ -607,51 +695,12 @@ def fit(
                 raise ValueError(f"eval_fn returned keys that clash with training logs: {clash}")
             row.update(val)
         row["time_s"] = time.perf_counter() - t0
-        history.append(row)
-
-        if not math.isfinite(row["train_loss"]):
-            raise FloatingPointError(f"train_loss is {row['train_loss']} in epoch {epoch + 1}; training diverged")
-        if monitor not in row:
-            raise ValueError(f"monitor {monitor!r} is not among this epoch's results {sorted(row)}")
-        value = float(row[monitor])
-        if _is_improvement(value, best_metric, config.mode, config.min_delta):
-            best_metric, best_epoch, since_best = value, epoch + 1, 0
-            _save_best(accelerator, model, out_dir, {"epoch": epoch + 1, "monitor": monitor, "value": value})
-        else:
-            since_best += 1
-        if scheduler is not None and config.scheduler_interval == "epoch":
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(value)
-            else:
-                scheduler.step()
-        patience = config.early_stopping_patience
-        stopped_early = patience is not None and since_best >= patience and epoch + 1 >= config.min_epochs
-
-        trainer_state = {
-            "epoch": epoch + 1,
-            "best_metric": best_metric,
-            "best_epoch": best_epoch,
-            "epochs_since_improvement": since_best,
-            "stopped_early": stopped_early,
-            "monitor": monitor,
-            "mode": config.mode,
-            "run_key": config.run_key,
-            "history": history,
-            "config": config.to_dict(),
-        }
-        _save_last(accelerator, out_dir, trainer_state)
-        if accelerator.is_main_process:
-            _write_history(out_dir, history)
-        if show:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "time_s"))
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown} ({row['time_s']:.1f}s)")
-        if stopped_early:
-            if show:
-                tqdm.write(f"early stopping: no improvement of {monitor} for {since_best} epochs (best epoch {best_epoch})")
+        _end_of_epoch(accelerator, model, scheduler, out_dir, config, monitor, progress, row, show)
+        if progress.stopped_early:
             break
 
     accelerator.wait_for_everyone()
-    return FitResult(history, best_metric, best_epoch, stopped_early, len(history), out_dir, monitor, resumed_from)
+    return progress.result(out_dir, monitor, resumed_from)
 
 
 def load_best(model: nn.Module, out_dir: str | Path, *, strict: bool = True) -> nn.Module:
@@ -665,7 +714,9 @@ def load_best(model: nn.Module, out_dir: str | Path, *, strict: bool = True) -> 
     """
     path = Path(out_dir) / "best" / "model.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"no best checkpoint at {path}; run fit(..., config=TrainConfig(out_dir={str(out_dir)!r})) first")
+        raise FileNotFoundError(
+            f"no best checkpoint at {path}; run fit(..., config=TrainConfig(out_dir={str(out_dir)!r})) first"
+        )
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     extract_model_from_parallel(model).load_state_dict(state_dict, strict=strict)
     return model

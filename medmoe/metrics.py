@@ -409,7 +409,9 @@ def per_class_per_image_dice(
         target = one_hot(target[:, None].long(), num_classes=num_classes, dim=1)
     elif pred.ndim == 4:
         if num_classes is not None and pred.shape[1] != num_classes:
-            raise ValueError(f"num_classes={num_classes} but pred has {pred.shape[1]} channels, shape {tuple(pred.shape)}")
+            raise ValueError(
+                f"num_classes={num_classes} but pred has {pred.shape[1]} channels, shape {tuple(pred.shape)}"
+            )
         _check_binary(pred, "pred")
         _check_binary(target, "target")
     else:
@@ -432,7 +434,7 @@ def per_class_per_image_dice(
     return {"dice": mean, "per_image": per_image, "per_class": per_class, "dice_bc": dice_bc, "present": present}
 
 
-# ----------------------------------------------------------------------------- per volume per organ (CLIP-Driven Universal)
+# ---------------------------------------------------------------------- per volume per organ (CLIP-Driven Universal)
 
 
 def per_volume_class_dice(

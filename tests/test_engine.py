@@ -319,7 +319,10 @@ def test_finished_run_returns_stored_result(tmp_path):
 def test_resume_false_starts_over(tmp_path):
     _run(tmp_path, "E", epochs=2)
     model, opt, sched, train, val = _resume_setup()
-    res = fit(model, opt, train, step_fn=mse_step, config=_cfg(tmp_path, "E", epochs=1, resume=False, monitor="val_loss"), val_loader=val)
+    res = fit(
+        model, opt, train, step_fn=mse_step,
+        config=_cfg(tmp_path, "E", epochs=1, resume=False, monitor="val_loss"), val_loader=val,
+    )
     assert res.resumed_from == 0 and len(res.history) == 1
 
 
@@ -327,7 +330,10 @@ def test_resume_with_different_monitor_is_refused(tmp_path):
     _run(tmp_path, "F", epochs=1)
     model, opt, _, train, val = _resume_setup()
     with pytest.raises(ValueError, match="monitored 'val_loss'"):
-        fit(model, opt, train, step_fn=mse_step, val_loader=val, config=_cfg(tmp_path, "F", epochs=2, monitor="train_loss"))
+        fit(
+            model, opt, train, step_fn=mse_step, val_loader=val,
+            config=_cfg(tmp_path, "F", epochs=2, monitor="train_loss"),
+        )
 
 
 # ----------------------------------------------------------------------------- gradient accumulation

@@ -39,7 +39,7 @@ def test_pyproject_uses_ranges_and_declares_cli():
     assert not any("==" in d for d in deps), "the package must accept ranges so Colab's torch is kept"
     names = {re.split(r"[<>=!]", d)[0] for d in deps}
     assert {"torch", "timm", "transformers", "segment-anything", "monai", "accelerate"} <= names
-    assert meta["project"]["scripts"]["medmoe"] == "medmoe.repro.runner:main"
+    assert meta["project"]["scripts"]["medmoe"] == "medmoe.repro.cli:main"
 
 
 def test_environment_record_has_versions_and_device():

@@ -220,4 +220,6 @@ def test_notebook_takes_the_injected_run_key_and_names_its_folder(card):
     params = source.split('# %% tags=["parameters"]', 1)[1].split("# %%", 1)[0]
     assert re.search(r"^run_key = None\b", params, flags=re.M), f"{card.notebook_path}: parameters need run_key = None"
     assert len(re.findall(r"^run_key\s*=", source, flags=re.M)) == 1, f"{card.notebook_path} reassigns run_key"
-    assert f"medmoe/papers/{card.name}/" in source, f"{card.notebook_path} must say its code is in medmoe/papers/{card.name}/"
+    assert f"medmoe/papers/{card.name}/" in source, (
+        f"{card.notebook_path} must say its code is in medmoe/papers/{card.name}/"
+    )

@@ -161,7 +161,9 @@ def test_per_image_accumulator(three_images):
 
 def test_per_image_logits_and_validation(three_images):
     pred, target = three_images
-    torch.testing.assert_close(per_image_dice(torch.logit(pred), target, from_logits=True), per_image_dice(pred, target))
+    torch.testing.assert_close(
+        per_image_dice(torch.logit(pred), target, from_logits=True), per_image_dice(pred, target)
+    )
     with pytest.raises(ValueError, match=r"\(3, 1, 4, 4\).*\(3, 4, 4\)"):
         per_image_dice(pred, target[:, 0])
     with pytest.raises(ValueError, match="smooth"):
@@ -199,7 +201,9 @@ def test_per_class_per_image_by_hand(label_maps):
     image2 = 1.0  # class 2 is not in image 2's truth, so its false positives do not count
     torch.testing.assert_close(out["per_image"], torch.tensor([image1, image2], dtype=torch.float64), atol=1e-7, rtol=0)
     assert out["dice"] == pytest.approx((image1 + image2) / 2, abs=1e-7)
-    torch.testing.assert_close(out["per_class"], torch.tensor([(0.75 + 1.0) / 2, 2 / 3], dtype=torch.float64), atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        out["per_class"], torch.tensor([(0.75 + 1.0) / 2, 2 / 3], dtype=torch.float64), atol=1e-7, rtol=0
+    )
     assert out["present"].tolist() == [[True, True], [True, False]]
     assert math.isnan(out["dice_bc"][1, 1].item())
 
@@ -244,7 +248,7 @@ def test_per_class_per_image_validation(label_maps):
         per_class_per_image_dice(torch.full((1, 2, 2, 2), 0.7), torch.ones(1, 2, 2, 2))
 
 
-# ----------------------------------------------------------------------------- per volume per organ (CLIP-Driven Universal)
+# ---------------------------------------------------------------------- per volume per organ (CLIP-Driven Universal)
 
 
 def test_per_volume_class_dice_by_hand():
@@ -283,7 +287,9 @@ def test_per_volume_validation():
     with pytest.raises(ValueError, match=r"\(1, 2, 1, 2, 2\).*\(1, 2, 1, 2, 3\)"):
         per_volume_class_dice(torch.zeros(1, 2, 1, 2, 2), torch.zeros(1, 2, 1, 2, 3))
     with pytest.raises(ValueError, match="labelled"):
-        per_volume_class_dice(torch.zeros(1, 2, 1, 2, 2), torch.zeros(1, 2, 1, 2, 2), labelled=torch.ones(3, dtype=torch.bool))
+        per_volume_class_dice(
+            torch.zeros(1, 2, 1, 2, 2), torch.zeros(1, 2, 1, 2, 2), labelled=torch.ones(3, dtype=torch.bool)
+        )
     with pytest.raises(ValueError, match="rank 2"):
         mean_dice_per_class(torch.zeros(3))
 
@@ -301,7 +307,9 @@ def test_counts_are_exact_on_large_volumes():
 
 
 def test_conventions_named():
-    assert set(METRIC_CONVENTIONS) == {"global_micro", "per_image_smoothed", "per_class_per_image", "per_volume_per_organ"}
+    assert set(METRIC_CONVENTIONS) == {
+        "global_micro", "per_image_smoothed", "per_class_per_image", "per_volume_per_organ"
+    }
     joined = " ".join(METRIC_CONVENTIONS.values())
     for paper in ("Ariadne", "LViT", "SegMoTE", "CLIP-Driven"):
         assert paper in joined

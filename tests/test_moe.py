@@ -351,7 +351,9 @@ def test_mutual_information_by_hand():
     want = 0.5 * math.log(0.5 / 0.375) + 0.25 * math.log(0.25 / 0.375) + 0.25 * math.log(0.25 / 0.125)
     assert math.isclose(mutual_information(a, b).item(), want, rel_tol=1e-9)
     assert abs(mutual_information(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])).item()) < 1e-12
-    assert math.isclose(normalized_mutual_information(torch.tensor([2, 2, 0, 0]), torch.tensor([1, 1, 0, 0])).item(), 1.0)
+    assert math.isclose(
+        normalized_mutual_information(torch.tensor([2, 2, 0, 0]), torch.tensor([1, 1, 0, 0])).item(), 1.0
+    )
     assert math.isclose(normalized_mutual_information(a, b).item(), want / math.log(2), rel_tol=1e-9)
     assert normalized_mutual_information(a, torch.zeros(4, dtype=torch.long)).item() == 0.0
     with pytest.raises(ValueError, match="same inputs"):

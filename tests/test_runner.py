@@ -47,7 +47,8 @@ save_results(run_dir, {{"n_experts": n_experts, "seed": seed, "score": scale * n
 def _tiny(tmp_path: Path, body: str = "", profiles: dict | None = None, name: str = "tiny") -> Path:
     nb = tmp_path / f"{name}.py"
     nb.write_text(TINY.format(body=body))
-    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump({name: {"profiles": profiles or {"quick": {}, "smoke": {"n_experts": 2}}}}))
+    card = {"profiles": profiles or {"quick": {}, "smoke": {"n_experts": 2}}}
+    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump({name: card}))
     return nb
 
 
@@ -55,8 +56,8 @@ def test_notebook_parameters_reads_literals():
     import jupytext
 
     params = notebook_parameters(jupytext.reads(TINY.format(body=""), fmt="py:percent"))
-    assert params == {"profile": "quick", "run_dir": "runs/interactive/tiny", "run_key": None, "seed": 0, "n_experts": 4,
-                      "scale": 0.5}
+    assert params == {"profile": "quick", "run_dir": "runs/interactive/tiny", "run_key": None, "seed": 0,
+                      "n_experts": 4, "scale": 0.5}
 
 
 def test_run_writes_metrics_with_overrides_and_environment(tmp_path):
@@ -151,7 +152,9 @@ def test_book_notebooks_are_paired_and_clean(nb):
     raw = json.loads(ipynb.read_text())
     nb_cells = [(c["cell_type"], "".join(c["source"])) for c in raw["cells"]]
     assert py_cells == nb_cells, f"{nb.name} and {ipynb.name} differ: run `make sync`"
-    assert not any(c.get("outputs") for c in raw["cells"] if c["cell_type"] == "code"), "commit notebooks without outputs"
+    assert not any(c.get("outputs") for c in raw["cells"] if c["cell_type"] == "code"), (
+        "commit notebooks without outputs"
+    )
     assert "colab.research.google.com" in "".join(s for _, s in py_cells)
 
 
@@ -182,7 +185,10 @@ def test_registry_rejects_bad_entries():
         registry.load_cells([_card([good]), _card([good])])
 
 
-def _fake_run(root: Path, name: str, seed: int, value: float, *, profile="paper", params=None, notebook="notebooks/00_moe_primer.py"):
+def _fake_run(
+    root: Path, name: str, seed: int, value: float, *, profile="paper", params=None,
+    notebook="notebooks/00_moe_primer.py",
+):
     d = root / name
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({
@@ -226,7 +232,9 @@ def test_timings_table_uses_measured_quick_runs(tmp_path):
 def test_primer_runs_end_to_end_with_overrides(tmp_path):
     """`medmoe run notebooks/00_moe_primer.py -p n_experts 3 -p seed 2` (smoke sizes): metrics.json reflects them."""
     nb = ROOT / "notebooks" / "00_moe_primer.py"
-    code = main(["run", str(nb), "--profile", "smoke", "-p", "n_experts", "3", "-p", "seed", "2", "--out", str(tmp_path / "p")])
+    code = main(
+        ["run", str(nb), "--profile", "smoke", "-p", "n_experts", "3", "-p", "seed", "2", "--out", str(tmp_path / "p")]
+    )
     assert code == 0
     rec = json.loads((tmp_path / "p" / "metrics.json").read_text())
     assert rec["status"] == "ok" and rec["seed"] == 2 and rec["parameters"]["n_experts"] == 3
@@ -238,7 +246,8 @@ def test_primer_runs_end_to_end_with_overrides(tmp_path):
 def test_report_shows_the_quick_profile_analogue(tmp_path):
     reg = [_card([
         {"id": "demo.pct", "table": "T1", "row": "ours", "column": "score (%)", "paper_value": 90.0,
-         "profile": "paper", "parameters": {"n_experts": 4}, "metric": "score", "scale": 100, "quick": {"n_experts": 4}},
+         "profile": "paper", "parameters": {"n_experts": 4}, "metric": "score", "scale": 100,
+         "quick": {"n_experts": 4}},
     ])]
     runs = tmp_path / "runs"
     _fake_run(runs, "q", 0, 0.5, profile="quick", params={"n_experts": 4})

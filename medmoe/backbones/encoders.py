@@ -706,8 +706,8 @@ def convnext_features(model, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 #: Swin sizes for :func:`build_swin`. ``swin-tiny`` is MedMoE's backbone (the config of HF
-#: ``microsoft/swin-tiny-patch4-window7-224``, drop path 0.1); ``swin-quick`` is for CPU runs (window 2, 64 px), ``swin-test``
-#: (window 2, so inputs from 33 pixels work) for unit tests.
+#: ``microsoft/swin-tiny-patch4-window7-224``, drop path 0.1); ``swin-quick`` is for CPU runs (window 2, 64 px),
+#: ``swin-test`` (window 2, so inputs from 33 pixels work) for unit tests.
 SWIN_CONFIGS: dict[str, dict] = {
     "swin-tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, patch_size=4,
                       image_size=224, drop_path_rate=0.1),
@@ -869,8 +869,9 @@ def load_medclip_swin(model, checkpoint: str | os.PathLike, *, prefix: str = "vi
     ``vision_model.`` to ``model.`` and loads with ``strict=False``; the same keys land here by stripping
     ``prefix``. MedCLIP saved its Swin with transformers 4.x parameter names (``attention.self.query``,
     ``intermediate.dense`` ...); they are renamed to the current ones (``attention.q_proj``, ``mlp.fc1`` ...),
-    as transformers does for old hub checkpoints. Nothing fails silently: the returned :class:`LoadReport` lists what was loaded, missing and
-    unexpected, a warning names missing keys, and a checkpoint with no key under ``prefix`` is an error.
+    as transformers does for old hub checkpoints. Nothing fails silently: the returned :class:`LoadReport` lists
+    what was loaded, missing and unexpected, a warning names missing keys, and a checkpoint with no key under
+    ``prefix`` is an error.
 
     Args:
         model: the ``SwinModel`` to fill (e.g. ``build_swin("swin-tiny")``).

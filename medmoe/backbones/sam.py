@@ -95,7 +95,9 @@ def load_sam_checkpoint(sam: Sam, checkpoint: str | os.PathLike) -> LoadReport:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{checkpoint}: not a checkpoint of this SAM: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        raise ValueError(
+            f"{checkpoint}: not a checkpoint of this SAM: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     resized = []
     for key, value in state.items():
         want = own[key].shape

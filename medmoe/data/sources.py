@@ -662,7 +662,8 @@ register(Source(
     used_by="MedMoE chapter (pneumonia evaluation)",
 ))
 
-# --- Chapter 2, MedMoE: pretraining captions and the evaluation sets (medmoe.papers.medmoe.data, medmoe.papers.medmoe.evalsets)
+# --- Chapter 2, MedMoE: pretraining captions and the evaluation sets
+# (medmoe.papers.medmoe.data, medmoe.papers.medmoe.evalsets)
 
 register(Source(
     name="unimed_captions",

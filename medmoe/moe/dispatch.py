@@ -60,7 +60,9 @@ def plan_dispatch(indices: torch.Tensor, num_experts: int) -> DispatchPlan:
     if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_experts):
-        raise ValueError(f"indices must lie in [0, {num_experts}), got values in [{int(indices.min())}, {int(indices.max())}]")
+        raise ValueError(
+            f"indices must lie in [0, {num_experts}), got values in [{int(indices.min())}, {int(indices.max())}]"
+        )
     m, k = indices.shape
     flat = indices.reshape(-1).long()
     order = torch.argsort(flat, stable=True)

@@ -118,7 +118,9 @@ class SoftGate(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> GateOutput:
         if len(inputs) != len(self.in_widths):
-            raise ValueError(f"SoftGate expects {len(self.in_widths)} input(s) of widths {self.in_widths}, got {len(inputs)}")
+            raise ValueError(
+                f"SoftGate expects {len(self.in_widths)} input(s) of widths {self.in_widths}, got {len(inputs)}"
+            )
         for i, (x, w) in enumerate(zip(inputs, self.in_widths)):
             _check_features(x, w, f"SoftGate input {i}")
         lead = inputs[0].shape[:-1]
@@ -244,7 +246,9 @@ class HardRouter(nn.Module):
         ([1.0, 1.0, 1.0, 1.0], torch.Size([4, 1]))
     """
 
-    def __init__(self, *, in_features: int, num_experts: int, hidden: int = 128, straight_through: bool = False) -> None:
+    def __init__(
+        self, *, in_features: int, num_experts: int, hidden: int = 128, straight_through: bool = False
+    ) -> None:
         super().__init__()
         _check_num_experts(num_experts)
         for name, v in (("in_features", in_features), ("hidden", hidden)):

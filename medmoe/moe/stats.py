@@ -18,7 +18,13 @@ from medmoe.utils import check_rank
 
 __all__ = [
     "PermutationBaseline",
-    "nmi_permutation_baseline","expert_load", "gate_entropy", "contingency", "mutual_information", "normalized_mutual_information"]
+    "nmi_permutation_baseline",
+    "expert_load",
+    "gate_entropy",
+    "contingency",
+    "mutual_information",
+    "normalized_mutual_information",
+]
 
 
 def expert_load(indices: torch.Tensor, num_experts: int, *, normalize: bool = True) -> torch.Tensor:
@@ -55,7 +61,9 @@ def gate_entropy(probs: torch.Tensor, *, normalize: bool = False) -> torch.Tenso
     return h / math.log(n) if normalize and n > 1 else h
 
 
-def contingency(a: torch.Tensor, b: torch.Tensor, *, num_a: int | None = None, num_b: int | None = None) -> torch.Tensor:
+def contingency(
+    a: torch.Tensor, b: torch.Tensor, *, num_a: int | None = None, num_b: int | None = None
+) -> torch.Tensor:
     """Count table ``C[i, j] = #{x : a(x) = i, b(x) = j}`` for two integer labelings of the same inputs."""
     a, b = a.reshape(-1).long(), b.reshape(-1).long()
     if a.shape != b.shape:

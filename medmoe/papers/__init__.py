@@ -85,7 +85,9 @@ def load_card(name: str) -> Card:
     missing = [k for k in _REQUIRED if k not in raw]
     unknown = sorted(set(raw) - set(_REQUIRED))
     if missing or unknown:
-        raise ValueError(f"{path}: missing field(s) {missing}, unknown field(s) {unknown}; a card has {list(_REQUIRED)}")
+        raise ValueError(
+            f"{path}: missing field(s) {missing}, unknown field(s) {unknown}; a card has {list(_REQUIRED)}"
+        )
     profiles = raw["profiles"]
     if not isinstance(profiles, dict) or not profiles:
         raise ValueError(f"{path}: 'profiles' must be a non-empty mapping of profile -> parameters")

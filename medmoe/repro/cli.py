@@ -37,7 +37,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides[name] = _parse_value(value)
     rec = run_notebook(args.notebook, profile=args.profile, parameters=overrides, out_dir=args.out,
                        timeout=args.timeout, log_output=args.log_output)
-    print(json.dumps({k: rec[k] for k in ("notebook", "profile", "seed", "status", "wall_time_s", "metrics")}, indent=2, default=str))
+    shown = {k: rec[k] for k in ("notebook", "profile", "seed", "status", "wall_time_s", "metrics")}
+    print(json.dumps(shown, indent=2, default=str))
     print(f"wrote {Path(rec['parameters']['run_dir']) / METRICS_FILE}")
     return 0
 
@@ -45,7 +46,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     overrides = {name: _parse_value(value) for name, value in args.parameter or []}
     for nb in args.notebooks:
-        out = prepare_notebook(nb, Path(args.out_dir) / (Path(nb).stem + ".ipynb"), profile=args.profile, parameters=overrides)
+        out = prepare_notebook(
+            nb, Path(args.out_dir) / (Path(nb).stem + ".ipynb"), profile=args.profile, parameters=overrides
+        )
         print(f"wrote {out}")
     return 0
 
@@ -83,7 +86,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medmoe", description="MedMoE Book: run chapter notebooks and reproduce paper tables.")
+    p = argparse.ArgumentParser(
+        prog="medmoe", description="MedMoE Book: run chapter notebooks and reproduce paper tables."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="execute a notebook with a profile through papermill")
     r.add_argument("notebook", help="e.g. notebooks/00_moe_primer.py")

@@ -148,7 +148,10 @@ def render_report(*, runs_root: str | Path = "runs", papers: list[Card] | None =
             value, how = _reproduced(c, runs)
             qvalue, qhow = _reproduced(c, runs, quick=True)
             quick_text = qvalue if qvalue in ("-", "not run") else f"{qvalue} ({qhow})"
-            lines.append(f"| {c.table}, {c.row}: {c.column}<br>`{c.id}` | {_fmt(c.paper_value)} | {value}<br>{how} | {quick_text} |")
+            lines.append(
+                f"| {c.table}, {c.row}: {c.column}<br>`{c.id}` | {_fmt(c.paper_value)} | {value}<br>{how} "
+                f"| {quick_text} |"
+            )
         lines.append("")
     lines += ["## Runs in this build", "",
               "Every run found under `runs/`, with its profile, seed, wall time and device.", "",
@@ -162,7 +165,8 @@ def render_report(*, runs_root: str | Path = "runs", papers: list[Card] | None =
         overrides = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items()) or "-"
         lines.append(
             f"| `{Path(r.get('notebook', '?')).name}` | {r.get('profile')} | {r.get('seed')} | {overrides} | "
-            f"{r.get('status')} | {r.get('wall_time_s', '?')} | {r.get('environment', {}).get('device', '?')} | {shown} |"
+            f"{r.get('status')} | {r.get('wall_time_s', '?')} | {r.get('environment', {}).get('device', '?')} "
+            f"| {shown} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -183,7 +187,9 @@ def render_timings(*, runs_root: str | Path = "runs", papers: list[Card] | None 
             where = f"{env.get('device', '?')}, {env.get('cpu_count', '?')} cores"
         else:
             took, where = "not run", "-"
-        lines.append(f"| {card.title} | {took} | {where} | {card.hardware.get('paper', '?')} | {', '.join(card.datasets)} |")
+        lines.append(
+            f"| {card.title} | {took} | {where} | {card.hardware.get('paper', '?')} | {', '.join(card.datasets)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -206,7 +212,9 @@ def reproduce(selection: list[str], *, runs_root: str | Path = "runs") -> list[d
             raise RunnerError(f"{c.id}: notebook {c.notebook} does not exist yet")
         if key not in done:
             run_dir = Path(runs_root) / c.profile / f"{Path(c.notebook).stem}-{c.run_tag}"
-            done[key] = run_notebook(REPO_ROOT / c.notebook, profile=c.profile, parameters=c.parameters, out_dir=run_dir)
+            done[key] = run_notebook(
+                REPO_ROOT / c.notebook, profile=c.profile, parameters=c.parameters, out_dir=run_dir
+            )
         rec = done[key]
         out.append({"cell": c.id, "status": rec["status"], "run_dir": rec["parameters"]["run_dir"]})
     return out

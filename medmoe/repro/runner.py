@@ -83,7 +83,9 @@ def notebook_parameters(nb) -> dict[str, Any]:
         raise RunnerError(f"the parameters cell is not valid Python: {e}") from e
     params: dict[str, Any] = {}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         for t in targets:
             if isinstance(t, ast.Name) and node.value is not None:
                 try:
