@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Assemble a MedSeg-HQ-like set and SegMoTE's out-of-domain sets in the IMIS-Bench layout (Chapter 3).
 
-A thin command-line wrapper: the program is :mod:`medmoe.papers.segmote.prepare` (``python data_scripts/build_medseg_hq.py --help``).
+A thin command-line wrapper: the program is :mod:`medmoe.papers.segmote.prepare`
+(``python data_scripts/build_medseg_hq.py --help``).
 """
 import sys
 from pathlib import Path

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Arrange the MosMedData+ download and LViT's text workbooks into the layouts MLMoE reads (Chapter 1).
 
-A thin command-line wrapper: the program is :mod:`medmoe.papers.mlmoe.prepare.mosmed` (``python data_scripts/prepare_mosmed.py --help``).
+A thin command-line wrapper: the program is :mod:`medmoe.papers.mlmoe.prepare.mosmed`
+(``python data_scripts/prepare_mosmed.py --help``).
 """
 import sys
 from pathlib import Path

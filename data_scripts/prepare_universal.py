@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Arrange AMOS, the MSD CT tasks and TotalSegmentator into the Universal Model's layout (Chapter 4).
 
-A thin command-line wrapper: the program is :mod:`medmoe.papers.mome.prepare` (``python data_scripts/prepare_universal.py --help``).
+A thin command-line wrapper: the program is :mod:`medmoe.papers.mome.prepare`
+(``python data_scripts/prepare_universal.py --help``).
 """
 import sys
 from pathlib import Path

@@ -723,11 +723,15 @@ def load_best(model: nn.Module, out_dir: str | Path, *, strict: bool = True) -> 
 
 
 def make_loader(dataset: Any, batch_size: int, seed: int | None = None, *, drop_last: bool = False,
-                collate_fn: Callable | None = None) -> DataLoader:
+                collate_fn: Callable | None = None, own_generator: bool = True) -> DataLoader:
     """The one way the library turns a dataset into batches.
 
     ``seed`` given: shuffled, with its own ``torch.Generator`` seeded by ``seed`` (:func:`fit` re-seeds the order
     of every epoch with ``seed + epoch`` anyway); ``seed=None``: in order, for validation and evaluation.
+
+    ``own_generator=False`` shuffles without a generator of its own: the order under :func:`fit` is the same, but
+    each epoch's iterator then draws its base seed from the global torch RNG, which shifts every later global
+    draw (e.g. a noisy gate's noise). The primer's runs were made that way, so its recipe keeps it.
 
     Raises:
         ValueError: ``batch_size`` is not a positive int.
@@ -742,20 +746,23 @@ def make_loader(dataset: Any, batch_size: int, seed: int | None = None, *, drop_
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if seed is None:
         return DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, collate_fn=collate_fn)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                      drop_last=drop_last, collate_fn=collate_fn)
+    generator = torch.Generator().manual_seed(seed) if own_generator else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=drop_last,
+                      collate_fn=collate_fn)
 
 
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Any, *, step_fn: StepFn,
                config: TrainConfig, batch_size: int, val_set: Any = None, val_batch_size: int = 64,
                eval_fn: EvalFn | None = None, scheduler: Any = None, drop_last: bool = False,
-               collate_fn: Callable | None = None) -> FitResult:
+               collate_fn: Callable | None = None, own_generator: bool = True) -> FitResult:
     """:func:`fit` on datasets: what every paper's ``recipe.train`` calls, so all of them train the same way.
 
     The training loader is ``make_loader(train_set, batch_size, seed=config.seed)``; the validation loader (when
     ``val_set`` is given) is ``make_loader(val_set, val_batch_size)``, in order. Everything else is :func:`fit`.
+    ``own_generator``: see :func:`make_loader`.
     """
-    train_loader = make_loader(train_set, batch_size, seed=config.seed, drop_last=drop_last, collate_fn=collate_fn)
+    train_loader = make_loader(train_set, batch_size, seed=config.seed, drop_last=drop_last, collate_fn=collate_fn,
+                               own_generator=own_generator)
     val_loader = None if val_set is None else make_loader(val_set, val_batch_size, collate_fn=collate_fn)
     return fit(model, optimizer, train_loader, step_fn=step_fn, config=config, val_loader=val_loader, eval_fn=eval_fn,
                scheduler=scheduler)

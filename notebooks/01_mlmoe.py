@@ -46,14 +46,16 @@ if "google.colab" in sys.modules:
     pass
 
 # %% tags=["parameters"]
-# Parameters (profiles in notebooks/profiles.yaml; `medmoe run notebooks/01_mlmoe.py -p num_experts 8`).
+# Parameters. `medmoe run notebooks/01_mlmoe.py --profile quick -p num_experts 8` overrides them;
+# the profiles (quick / smoke / paper) live in medmoe/papers/mlmoe/card.yaml.
 profile = "quick"
 run_dir = "runs/interactive/01_mlmoe"
+run_key = None  # injected by the runner: a hash of every parameter and the medmoe version
 seed = 0                     # the seeds used are seed, seed + 1, ..., n_seeds of them
 n_seeds = 3
 dataset = "phantoms"         # phantoms | qata | mosmed
 data_root = "data"           # real data: the folder prepared by data_scripts/prepare_qata.py / prepare_mosmed.py
-config = "mlmoe_quick"       # medmoe.papers.mlmoe.model.CONFIGS: mlmoe_quick | mlmoe_paper
+config = "mlmoe_quick"       # medmoe.papers.mlmoe.CONFIGS: mlmoe_quick | mlmoe_paper
 text_encoder = "minilm"      # minilm is packaged and offline; or a local CXR-BERT folder; or cxr-bert from the hub
 trust_remote_code = False    # CXR-BERT's code lives in its hub repository, so opt in explicitly
 image_encoder_weights = ""   # local folder of facebook/convnext-tiny-224; empty means random init
@@ -89,27 +91,19 @@ import pandas as pd
 import seaborn as sns
 import torch
 from IPython.display import Markdown
-from torch.utils.data import DataLoader
 
-from medmoe.papers.mlmoe.data import QaTaDataset
-from medmoe.backbones import build_convnext, build_text_encoder, encode_cached
+from medmoe.backbones import build_text_encoder, encode_cached
 from medmoe.engine import load_best
 from medmoe.env import environment
-from medmoe.papers.mlmoe.model import CONFIGS, build_model
-from medmoe.papers.mlmoe.recipe import (
-    evaluate,
-    expert_word_attribution,
-    prepare_phantom_qata,
-    train_text_absent,
-    train_text_present,
-    with_text,
-)
-from medmoe.repro.runner import fingerprint, save_results
-from medmoe.utils import seed_everything
+from medmoe.papers.mlmoe import CONFIGS, build, count, evaluate_texts, train
+from medmoe.papers.mlmoe.data import QaTaDataset, prepare_phantom_qata, with_text
+from medmoe.papers.mlmoe.recipe import expert_word_attribution
+from medmoe.repro import checkpoint_dir, save_results
+from medmoe.utils import resolve_device, seed_everything
 from medmoe.viz import phantom_gallery
 
 seed_everything(seed)
-dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+dev = resolve_device(device)
 run_dir = Path(run_dir)
 seeds = [seed + i for i in range(n_seeds)]
 print(f"profile {profile}: {dataset} data, config {config}, text encoder {text_encoder}, seeds {seeds}, device {environment()['device']}")
@@ -121,6 +115,7 @@ print(f"profile {profile}: {dataset} data, config {config}, text encoder {text_e
 # `Train/GTs/mask_<image>`, `prompt/train.csv` with columns `Image` = the mask file, `Description`), and
 # loaded back with the same `QaTaDataset` that reads the real data: the first 80 % of the training table
 # trains, the last 20 % validates (the reference code's split), images are resized and z-scored per image.
+# The layouts, loaders and phantom writer are in `medmoe/papers/mlmoe/data.py`.
 
 # %%
 if dataset == "phantoms":
@@ -144,7 +139,7 @@ fig = phantom_gallery(examples)
 #
 # The report is tokenised to 24 tokens (`padding="max_length"`) and encoded by a frozen BERT-family model;
 # the decoder reads its last hidden layer. The encoder is frozen, so each distinct report is encoded once
-# (`encode_cached`) instead of every epoch.
+# (`encode_cached`) instead of every epoch; `with_text` attaches the encoded report to every item.
 
 # %%
 encoder = build_text_encoder(text_encoder, max_length=24, trust_remote_code=trust_remote_code)
@@ -164,20 +159,15 @@ print("words :", [w for w, _ in encoder.words(x0["text"])])
 # with $N$ text experts $f_t^i = \mathrm{ReLU}(\mathrm{Conv}(f_t W_t^i))$ (Eq. 2) and a gate
 # $g = \mathrm{softmax}(\Psi(\bar f_t \oplus \bar f_v)/\tau)$ (Eq. 3) over the pooled text and pooled visual
 # tokens; the mixture $f'_t = \sum_i g_i f_t^i$ (Eq. 4) is what the visual tokens attend to (Eq. 5).
+# The model is `medmoe.papers.mlmoe.model.TextGuidedSegmenter` (`num_experts=0` is Ariadne's Thread).
 
 # %%
 overrides = dict(num_experts=num_experts, gate_temperature=gate_temperature, gate_visual=gate_visual,
                  text_in_width=encoder.width)
 if CONFIGS[config].text_width == CONFIGS[config].text_in_width:
     overrides["text_width"] = encoder.width
-
-
-def new_model(num_experts_=num_experts):
-    enc = build_convnext(CONFIGS[config].encoder, pretrained=image_encoder_weights or None)
-    return build_model(config, encoder=enc, **{**overrides, "num_experts": num_experts_}).to(dev)
-
-
-model = new_model()
+# The ConvNeXt starts from `image_encoder_weights` when given (the paper profile), else from random weights.
+model = build(config, backbone_weights=image_encoder_weights, **overrides).to(dev)
 with torch.no_grad():
     xb = torch.stack([data["test"][i]["image"] for i in range(2)]).to(dev)
     tb = torch.stack([data["test"][i]["text_features"] for i in range(2)]).to(dev)
@@ -196,18 +186,14 @@ pd.DataFrame(rows).set_index("tensor")
 # analytic count), so the absolute numbers do not reconcile -- the table shows what the code has.
 
 # %%
-def trainable(m):
-    return sum(p.numel() for p in m.parameters() if p.requires_grad)
-
-
 counts = []
 for name, cfg_name, n in [("this profile", config, num_experts)] + ([("paper configuration", "mlmoe_paper", 4)] if config != "mlmoe_paper" else []):
     kw = dict(overrides) if cfg_name == config else {}
-    base = build_model(cfg_name, **{**kw, "num_experts": 0})
-    moe = build_model(cfg_name, **{**kw, "num_experts": n})
-    counts.append({"configuration": name, "Ariadne's Thread (M)": trainable(base) / 1e6, f"MLMoE, N={n} (M)": trainable(moe) / 1e6,
-                   "MLMoE - base (M)": (trainable(moe) - trainable(base)) / 1e6,
-                   "adapters + virtual prompt (M)": (sum(p.numel() for p in moe.adapter_parameters()) + moe.virtual_prompt.numel()) / 1e6})
+    base = count(build(cfg_name, **{**kw, "num_experts": 0}))
+    moe = count(build(cfg_name, **{**kw, "num_experts": n}))
+    counts.append({"configuration": name, "Ariadne's Thread (M)": base["trainable"] / 1e6, f"MLMoE, N={n} (M)": moe["trainable"] / 1e6,
+                   "MLMoE - base (M)": (moe["trainable"] - base["trainable"]) / 1e6,
+                   "adapters + virtual prompt (M)": (moe["adapters"] + moe["virtual_prompt"]) / 1e6})
     del base, moe
 counts.append({"configuration": "paper (Sec. III-D)", "Ariadne's Thread (M)": 32.7, f"MLMoE, N={num_experts} (M)": 36.4, "MLMoE - base (M)": 3.7,
                "adapters + virtual prompt (M)": float("nan")})
@@ -219,62 +205,46 @@ param_table.round(3)
 #
 # For every seed: **stage 1** trains MLMoE with the reports ($L = L_{dice} + L_{ce} + \lambda_{div} L_{div}$, the
 # CE term as BCE on the logits); **stage 2** freezes it and learns the virtual prompt and the adapters by
-# distilling each guide stage's fused feature ($L_A = L_{dice} + L_{ce} + L_{dis}$, Eq. 6&ndash;7). Both run on the
-# book's training loop (`medmoe.engine.fit`, Hugging Face Accelerate; best checkpoint on the validation loss).
-# Every model is then tested with the report, with each fixed prompt, and with the virtual prompt.
+# distilling each guide stage's fused feature ($L_A = L_{dice} + L_{ce} + L_{dis}$, Eq. 6&ndash;7). Both stages are
+# the recipe's `train(..., stage="text_present" | "text_absent")` (`medmoe/papers/mlmoe/recipe.py`), on the book's
+# training loop (`medmoe.engine`, Hugging Face Accelerate; best checkpoint on the validation loss). Every model is
+# then tested with the report, with each fixed prompt, and with the virtual prompt (`evaluate_texts`).
 
 # %%
-loaders = {s: DataLoader(d, batch_size=64) for s, d in data.items()}
-# Checkpoints are keyed by everything that defines a run, so a re-run resumes an interrupted run but never
-# continues one trained with other settings.
-run_key = fingerprint(dict(dataset=dataset, data_root=data_root, config=config, text_encoder=text_encoder, image_size=image_size,
-                           n_train=n_train, num_experts=num_experts, gate_temperature=gate_temperature, gate_visual=gate_visual,
-                           epochs=epochs, distill_epochs=distill_epochs, distill_adapters=distill_adapters, dis_weight=dis_weight,
-                           batch_size=batch_size, lr=lr, distill_lr=distill_lr, patience=patience, div_weight=div_weight,
-                           dice_only=dice_only, image_encoder_weights=image_encoder_weights))
-ckpt = run_dir / "checkpoints" / run_key
-records, histories, gate_runs = [], {}, {}
-
-
-def test_all(m, label, s, with_virtual):
-    conds = {"report": "report", **{f'"{p}"': prompts[p] for p in fixed_prompts}}
-    if with_virtual:
-        conds["virtual prompt"] = "virtual"
-    for cond, text in conds.items():
-        r = evaluate(m, loaders["test"], text=text, device=dev)
-        records.append({"model": label, "seed": s, "test text": cond, "global Dice": r["global_dice"],
-                        "global IoU": r["global_iou"], "per-image Dice": r["per_image_dice"]})
-        if cond == "report" and r["gates"]:
-            gate_runs[(label, s)] = r["gates"]
-
+# Checkpoints are keyed by the runner's run_key (every parameter and the medmoe version), so a re-run resumes an
+# interrupted run but never continues one trained with other settings.
+ckpt = checkpoint_dir(run_dir, run_key)
+test_texts = {"report": "report", **{f'"{p}"': prompts[p] for p in fixed_prompts}}
+stage1 = dict(epochs=epochs, lr=lr, batch_size=batch_size, dice_only=dice_only, patience=patience or None, run_key=run_key)
+stage2 = dict(stage="text_absent", epochs=distill_epochs, lr=distill_lr, batch_size=batch_size, dice_only=dice_only,
+              adapters=distill_adapters, dis_weight=dis_weight, run_key=run_key)
+tested, histories = [], {}  # tested: (model, seed, {test text: evaluate(...)}) in the order the models were tested
 
 if train_base:
     seed_everything(seed)
-    base = new_model(0)
-    fit_b = train_text_present(base, data["train"], data["val"], out_dir=ckpt / f"ariadne_seed{seed}", run_key=run_key, epochs=epochs, lr=lr,
-                               batch_size=batch_size, seed=seed, div_weight=0.0, dice_only=dice_only, patience=patience or None)
+    base = build(config, backbone_weights=image_encoder_weights, **{**overrides, "num_experts": 0}).to(dev)
+    fit_b = train(base, data["train"], data["val"], out_dir=ckpt / f"ariadne_seed{seed}", seed=seed, div_weight=0.0, **stage1)
     histories[("Ariadne's Thread", seed)] = fit_b.history
     load_best(base, fit_b.out_dir)  # the best validation checkpoint, as the base code keeps
-    test_all(base, "Ariadne's Thread", seed, with_virtual=False)
+    tested.append(("Ariadne's Thread", seed, evaluate_texts(base, data["test"], test_texts)))
 
 for s in seeds:
     seed_everything(s)
-    model = new_model()
-    fit1 = train_text_present(model, data["train"], data["val"], out_dir=ckpt / f"mlmoe_seed{s}", run_key=run_key, epochs=epochs, lr=lr,
-                              batch_size=batch_size, seed=s, div_weight=div_weight, dice_only=dice_only, patience=patience or None)
+    model = build(config, backbone_weights=image_encoder_weights, **overrides).to(dev)
+    fit1 = train(model, data["train"], data["val"], out_dir=ckpt / f"mlmoe_seed{s}", seed=s, div_weight=div_weight, **stage1)
     histories[("MLMoE", s)] = fit1.history
     load_best(model, fit1.out_dir)
-    test_all(model, "MLMoE", s, with_virtual=False)
-    fit2 = train_text_absent(model, data["train"], data["val"], out_dir=ckpt / f"mlmoe_seed{s}_virtual", run_key=run_key,
-                             epochs=distill_epochs, lr=distill_lr, batch_size=batch_size, seed=s, dice_only=dice_only,
-                             adapters=distill_adapters, dis_weight=dis_weight)
+    tested.append(("MLMoE", s, evaluate_texts(model, data["test"], test_texts)))
+    fit2 = train(model, data["train"], data["val"], out_dir=ckpt / f"mlmoe_seed{s}_virtual", seed=s, **stage2)
     histories[("virtual prompt", s)] = fit2.history
     load_best(model, fit2.out_dir)
-    r = evaluate(model, loaders["test"], text="virtual", device=dev)
-    records.append({"model": "MLMoE", "seed": s, "test text": "virtual prompt", "global Dice": r["global_dice"],
-                    "global IoU": r["global_iou"], "per-image Dice": r["per_image_dice"]})
+    tested.append(("MLMoE", s, evaluate_texts(model, data["test"], {"virtual prompt": "virtual"})))
     print(f"seed {s}: stage 1 {fit1.epochs_run} epochs (best epoch {fit1.best_epoch}), stage 2 {fit2.epochs_run} epochs")
 
+records = [{"model": label, "seed": s, "test text": text, "global Dice": r["global_dice"], "global IoU": r["global_iou"],
+            "per-image Dice": r["per_image_dice"]} for label, s, by_text in tested for text, r in by_text.items()]
+gate_runs = {(label, s): by_text["report"]["gates"] for label, s, by_text in tested
+             if "report" in by_text and by_text["report"]["gates"]}
 results = pd.DataFrame(records)
 hist = pd.DataFrame([{"run": f"{k[0]} (seed {k[1]})", **h} for k, hs in histories.items() for h in hs])
 fig, ax = plt.subplots(1, 2, figsize=(11, 3.2))

@@ -50,12 +50,14 @@ if "google.colab" in sys.modules:
     pass
 
 # %% tags=["parameters"]
-# Parameters (profiles in notebooks/profiles.yaml; `medmoe run notebooks/03_segmote.py -p num_experts 8`).
+# Parameters. `medmoe run notebooks/03_segmote.py --profile quick -p num_experts 8` overrides them;
+# the profiles (quick / smoke / paper) live in medmoe/papers/segmote/card.yaml.
 profile = "quick"
 run_dir = "runs/interactive/03_segmote"
+run_key = None  # injected by the runner: a hash of every parameter and the medmoe version
 seed = 0                     # the seeds used are seed, seed + 1, ..., n_seeds of them
 n_seeds = 3
-config = "segmote_quick"     # medmoe.papers.segmote.model.CONFIGS: segmote_quick | sam_b
+config = "segmote_quick"     # medmoe.papers.segmote.model.CONFIGS: segmote_quick | segmote_paper
 sam_checkpoint = ""          # paper profile: sam_vit_b_01ec64.pth; empty pretrains the quick stand-in
 dataset = "phantoms"         # phantoms | imis (folders in the IMIS-Bench layout under data_root)
 data_root = ""               # imis: e.g. data/medseg_hq, as data_scripts/build_medseg_hq.py writes it
@@ -87,22 +89,29 @@ import pandas as pd
 import seaborn as sns
 import torch
 from IPython.display import Markdown
-from torch.utils.data import DataLoader
 
-from medmoe.papers.segmote.data import IMISDataset, MultiDatasetIMIS
 from medmoe.data.phantoms import MODALITIES, PhantomDataset2D
-from medmoe.engine import TrainConfig, fit
-from medmoe.env import environment
-from medmoe.papers.segmote.model import CONFIGS, build_model, load_sam_checkpoint
-from medmoe.moe.stats import contingency, normalized_mutual_information
-from medmoe.papers.segmote import recipe as recipe
-from medmoe.repro.runner import fingerprint, save_results
-from medmoe.utils import seed_everything
+from medmoe.moe import contingency, nmi_permutation_baseline
+from medmoe.papers.segmote import build, count, evaluate, train
+from medmoe.papers.segmote.data import (
+    EmbeddingTasks,
+    IMISDataset,
+    IMISSegTasks,
+    MultiDatasetIMIS,
+    PhantomSegTasks,
+    cache_embeddings,
+)
+from medmoe.papers.segmote.model import load_sam_checkpoint
+from medmoe.papers.segmote.recipe import box_from_mask
+from medmoe.repro import checkpoint_dir, save_results
+from medmoe.utils import count_parameters, resolve_device, seed_everything
 
 seed_everything(seed)
+dev = resolve_device(device)
 run_dir = Path(run_dir)
+ckpt = checkpoint_dir(run_dir, run_key)
 seeds = [seed + i for i in range(n_seeds)]
-print(f"profile {profile}: config {config}, E={num_experts}, T={num_expert_tokens}, seeds {seeds}, device {environment()['device']}")
+print(f"profile {profile}: config {config}, E={num_experts}, T={num_expert_tokens}, seeds {seeds}, device {dev}")
 
 # %% [markdown]
 # ## 1. Data: one item per (image, class)
@@ -120,14 +129,14 @@ def codes(text):
 if dataset == "phantoms":
     images = {s: PhantomDataset2D(n=n, modalities=MODALITIES, size=image_size, seed=seed + off, channels=3)
               for s, n, off in (("train", n_train, 0), ("test", n_test, 1))}
-    tasks = {s: recipe.PhantomSegTasks(d) for s, d in images.items()}
+    tasks = {s: PhantomSegTasks(d) for s, d in images.items()}
 elif dataset == "imis":
     if not data_root:
         raise ValueError("dataset='imis' needs data_root: the folder holding <CODE>/dataset.json folders")
     train_list = codes(train_codes) or [c.name for c in sorted(Path(data_root).iterdir())
                                         if (c / "dataset.json").is_file() and IMISDataset(root=c, split="training", size=image_size).records]
-    tasks = {"train": recipe.IMISSegTasks(MultiDatasetIMIS(root=data_root, codes=train_list, split="training", size=image_size)),
-             "test": recipe.IMISSegTasks(MultiDatasetIMIS(root=data_root, codes=codes(test_codes), split="test", size=image_size))}
+    tasks = {"train": IMISSegTasks(MultiDatasetIMIS(root=data_root, codes=train_list, split="training", size=image_size)),
+             "test": IMISSegTasks(MultiDatasetIMIS(root=data_root, codes=codes(test_codes), split="test", size=image_size))}
 else:
     raise ValueError(f"dataset must be 'phantoms' or 'imis', got {dataset!r}")
 groups = tasks["test"].modalities  # phantom modalities, or data set codes
@@ -148,31 +157,23 @@ fig.tight_layout()
 #
 # The stand-in SAM is `segment-anything`'s `ImageEncoderViT`, `PromptEncoder` and `MaskDecoder` at a small size
 # (4 ViT blocks of width 96, patch 8, a 64-wide decoder), trained end to end with a box or a point per item (Dice +
-# BCE) and then frozen. With `sam_checkpoint` (and `config="sam_b"`, `image_size=512`) the real SAM ViT-B is loaded
+# BCE) and then frozen. With `sam_checkpoint` (and `config="segmote_paper"`, `image_size=512`) the real SAM ViT-B is loaded
 # instead, its position embeddings resized to 512 px as SegMoTE runs it.
 
 # %%
-dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-base = build_model(config, image_size=image_size, num_experts=num_experts, num_expert_tokens=num_expert_tokens)
+base = build(config, image_size=image_size, num_experts=num_experts, num_expert_tokens=num_expert_tokens)
 sam = base.sam
 if sam_checkpoint:
-    print("resized:", load_sam_checkpoint(sam, sam_checkpoint))
+    print("resized:", load_sam_checkpoint(sam, sam_checkpoint).resized)
 else:
+    # medmoe.papers.segmote.recipe.train, stage "sam_pretrain": every SAM weight trains, a box or a point per item
     seed_everything(seed)
-    for p in sam.parameters():
-        p.requires_grad_(True)
-    g = torch.Generator().manual_seed(seed)
-    standin_loss = recipe.standin_loss()
-    standin_key = fingerprint(dict(config=config, image_size=image_size, n_train=n_train, epochs=standin_epochs, lr=standin_lr, seed=seed))
-    fit_sam = fit(sam, torch.optim.AdamW(sam.parameters(), lr=standin_lr),
-                  DataLoader(tasks["train"], batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)),
-                  step_fn=lambda m, b: recipe.sam_pretrain_step(m, b, loss_fn=standin_loss, generator=g),
-                  config=TrainConfig(out_dir=run_dir / "checkpoints" / standin_key / "standin_sam", epochs=standin_epochs, seed=seed,
-                                     progress=False, run_key=standin_key))
+    fit_sam = train(sam, tasks["train"], stage="sam_pretrain", out_dir=ckpt / "standin", epochs=standin_epochs,
+                    lr=standin_lr, batch_size=16, seed=seed, run_key=run_key)
     print("stand-in SAM training loss per epoch:", [round(h["train_loss"], 3) for h in fit_sam.history])
 base.freeze_sam()
 sam_state = {k: v.detach().cpu().clone() for k, v in sam.state_dict().items()}
-sam_params = sum(p.numel() for p in sam.parameters())
+print(f"SAM: {count_parameters(sam) / 1e6:.2f} M parameters, {count_parameters(sam, trainable_only=True)} trainable")
 
 # %% [markdown]
 # ## 3. Where the expert tokens enter, and what trains
@@ -185,20 +186,16 @@ sam_params = sum(p.numel() for p in sam.parameters())
 # train.
 
 # %%
-def trainable_table():
-    rows = []
-    for name in ("imis_like", "sam_b", config):
-        m = build_model(name) if name != config else base
-        t = sum(p.numel() for p in m.trainable_parameters())
-        ppt = sum(p.numel() for p in m.ppt.parameters())
-        rows.append({"configuration": name, "SAM (frozen, M)": sum(p.numel() for p in m.sam.parameters()) / 1e6,
-                     "MoTE side (M)": (t - ppt) / 1e6, "PPT (M)": ppt / 1e6, "learnable (M)": t / 1e6})
-        del m
-    rows.append({"configuration": "paper, Table 3", "MoTE side (M)": 10.0, "PPT (M)": 7.0, "learnable (M)": 17.0})
-    return pd.DataFrame(rows).set_index("configuration")
-
-
-params = trainable_table()
+# The paper's two widths (random weights: only their sizes matter here) and this run's model, counted by
+# medmoe.papers.segmote.recipe.count.
+param_rows = []
+for name in dict.fromkeys(("segmote_paper_imis", "segmote_paper", config)):  # config may be one of the two
+    n_par = count(build(name) if name != config else base)
+    param_rows.append({"configuration": name, "SAM (frozen, M)": n_par["sam"] / 1e6,
+                       "MoTE side (M)": n_par["mote_side"] / 1e6, "PPT (M)": n_par["ppt"] / 1e6,
+                       "learnable (M)": n_par["trainable"] / 1e6})
+param_rows.append({"configuration": "paper, Table 3", "MoTE side (M)": 10.0, "PPT (M)": 7.0, "learnable (M)": 17.0})
+params = pd.DataFrame(param_rows).set_index("configuration")
 params.round(3)
 
 # %% [markdown]
@@ -211,28 +208,19 @@ params.round(3)
 # %%
 base.freeze_sam()
 base.to(dev)
-data = {s: recipe.EmbeddingTasks(t, recipe.cache_embeddings(base, t) if cache else None) for s, t in tasks.items()}
-loss_fn = recipe.seg_loss() if loss == "focal_dice" else recipe.standin_loss()
-run_key = fingerprint(dict(config=config, sam_checkpoint=sam_checkpoint, dataset=dataset, data_root=data_root, train_codes=train_codes,
-                           image_size=image_size, n_train=n_train, num_experts=num_experts, num_expert_tokens=num_expert_tokens,
-                           standin_epochs=standin_epochs, epochs=epochs, batch_size=batch_size, lr=lr, lr_milestones=lr_milestones,
-                           balance_weight=balance_weight, loss=loss))
+data = {s: EmbeddingTasks(t, cache_embeddings(base, t) if cache else None) for s, t in tasks.items()}
 milestones = [int(e) for e in codes(lr_milestones) or []]
 models, histories, evals = {}, {}, []
 prompts = ("box", "point") + (("free",) if any(tasks["test"].is_group_a(k) for k in range(len(tasks["test"]))) else ())
 for s in seeds:
     seed_everything(s)
-    m = build_model(config, sam=sam, image_size=image_size, num_experts=num_experts, num_expert_tokens=num_expert_tokens)
-    g = torch.Generator().manual_seed(s)
-    opt = torch.optim.AdamW(m.trainable_parameters(), lr=lr)
-    res = fit(m, opt, DataLoader(data["train"], batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(s)),
-              step_fn=lambda mm, b: recipe.segmote_step(mm, b, loss_fn=loss_fn, balance_weight=balance_weight, generator=g),
-              scheduler=torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.5) if milestones else None,
-              config=TrainConfig(out_dir=run_dir / "checkpoints" / run_key / f"seed{s}", epochs=epochs, seed=s, progress=False,
-                                 run_key=run_key, scheduler_interval="epoch"))
+    m = build(config, backbone=sam, image_size=image_size, num_experts=num_experts, num_expert_tokens=num_expert_tokens)
+    # medmoe.papers.segmote.recipe.train, stage "segmote": AdamW on the new modules, L_seg + balance_weight L_balance
+    res = train(m, data["train"], stage="segmote", out_dir=ckpt / f"seed{s}", epochs=epochs, lr=lr, batch_size=batch_size,
+                seed=s, run_key=run_key, loss=loss, balance_weight=balance_weight, lr_milestones=milestones)
     models[s], histories[s] = m.eval(), res.history
     for prompt in prompts:
-        r = recipe.evaluate(m, data["test"], prompt=prompt, seed=s)
+        r = evaluate(m, data["test"], prompt=prompt, seed=s)
         evals.append({"seed": s, "prompt": prompt, "dice": r["dice"], "per_class": r["per_class"].tolist(), "rows": r["rows"]})
     print(f"seed {s}: " + ", ".join(f"{e['prompt']} Dice {e['dice']:.3f}" for e in evals if e["seed"] == s))
 unchanged = all(torch.equal(sam_state[k], v.cpu()) for k, v in sam.state_dict().items())
@@ -278,20 +266,15 @@ per_group.round(3)
 # routing baseline: the same token counts, shuffled over the items (100 permutations).
 
 # %%
-def nmi_vs_random(rows, key, n_perm=100, seed_=0):
-    sel = torch.tensor([r[key] if key == "selected" else r["experts"][-1] for r in rows])
-    mod = torch.tensor([r["modality"] for r in rows])
-    real = float(normalized_mutual_information(sel, mod))
-    g_ = torch.Generator().manual_seed(seed_)
-    rand = [float(normalized_mutual_information(sel[torch.randperm(len(sel), generator=g_)], mod)) for _ in range(n_perm)]
-    return real, float(np.mean(rand)), float(np.percentile(rand, 95))
-
-
+# medmoe.moe.nmi_permutation_baseline: NMI and its mean and 95th percentile over 100 permutations
 sel_rows = []
 for e in evals:
     if e["prompt"] == "box":
-        real, rnd, p95 = nmi_vs_random(e["rows"], "selected", seed_=e["seed"])
-        real_e, rnd_e, p95_e = nmi_vs_random(e["rows"], "expert", seed_=e["seed"])
+        mod = torch.tensor([r["modality"] for r in e["rows"]])
+        real, rnd, p95 = nmi_permutation_baseline(torch.tensor([r["selected"] for r in e["rows"]]), mod, n_perm=100,
+                                                  seed=e["seed"])
+        real_e, rnd_e, p95_e = nmi_permutation_baseline(torch.tensor([r["experts"][-1] for r in e["rows"]]), mod,
+                                                        n_perm=100, seed=e["seed"])
         sel_rows.append({"seed": e["seed"], "NMI(token; modality)": real, "random routing (mean)": rnd, "random 95th pct": p95,
                          "NMI(last-layer expert; modality)": real_e, "random (mean), expert": rnd_e})
 selection = pd.DataFrame(sel_rows).set_index("seed")
@@ -327,7 +310,7 @@ fig, axes = plt.subplots(len(groups), 2 + num_expert_tokens, figsize=(1.9 * (2 +
 for row, m_name in zip(axes, groups):
     k = next(k for k in range(len(tasks["test"])) if tasks["test"].items[k][1] == m_name)
     item, d = tasks["test"][k], data["test"][k]
-    box = recipe.box_from_mask(item["mask"][0])[None]
+    box = box_from_mask(item["mask"][0])[None]
     with torch.no_grad():
         emb, early = (d["emb"][None], d["early"][None]) if "emb" in d else m_last.encode(item["image"][None].to(dev))
         out = m_last(emb.to(dev), early.to(dev), boxes=box.to(dev))
@@ -377,7 +360,7 @@ Markdown(
 #   all experts' (noisy) logits at the chosen expert, so the router learns (the spec's proposal).
 # * **Balance loss** over batch and tokens, as Eq. (7) writes it (the code sums importance over the batch only).
 # * **Width.** The paper describes SAM-B's 256-wide decoder; the code is built on IMIS-Net's 768-wide decoder. Both
-#   are configurations here (`sam_b`, `imis_like`).
+#   are configurations here (`segmote_paper`, `segmote_paper_imis`; formerly `sam_b`, `imis_like`).
 # * **Loss.** The code's segmentation loss is 20 x focal + Dice + an IoU regression on a frozen head; the quick profile
 #   trains with Dice + BCE by default (`loss="focal_dice"` is the code's two main terms). No pseudo-label branch, no
 #   interactive refinement iterations, no CLIP text prompts (PPT replaces the code's text prompt for group A).
@@ -405,8 +388,8 @@ metrics = {
     "router_confidence_last_layer": mean_conf,
     "sam_unchanged": bool(unchanged),
     "trainable_params_m": float(params.loc[config, "learnable (M)"]),
-    "imis_like_trainable_params_m": float(params.loc["imis_like", "learnable (M)"]),
-    "sam_b_trainable_params_m": float(params.loc["sam_b", "learnable (M)"]),
+    "imis_like_trainable_params_m": float(params.loc["segmote_paper_imis", "learnable (M)"]),
+    "sam_b_trainable_params_m": float(params.loc["segmote_paper", "learnable (M)"]),
 }
 save_results(run_dir, metrics, evaluations=[{k: v for k, v in e.items() if k != "rows"} for e in evals])
 print(f"saved {len(metrics)} metrics to {run_dir}")

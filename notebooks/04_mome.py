@@ -44,9 +44,11 @@ if "google.colab" in sys.modules:
     pass
 
 # %% tags=["parameters"]
-# Parameters (profiles in notebooks/profiles.yaml; `medmoe run notebooks/04_mome.py -p held_out kidney`).
+# Parameters. `medmoe run notebooks/04_mome.py --profile quick -p held_out kidney` overrides them;
+# the profiles (quick / smoke / paper) live in medmoe/papers/mome/card.yaml.
 profile = "quick"
 run_dir = "runs/interactive/04_mome"
+run_key = None  # injected by the runner: a hash of every parameter and the medmoe version
 seed = 0                       # the seeds used are seed, seed + 1, ..., n_seeds of them
 n_seeds = 3
 base_config = "universal_quick"   # medmoe.papers.mome.model.CONFIGS
@@ -79,23 +81,24 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
-from IPython.display import Markdown
-from torch.utils.data import DataLoader, Subset
+from IPython.display import Markdown, display
+from torch.utils.data import Subset
 
 from medmoe.data.phantoms import CLASSES_3D, SOURCE_DATASETS
-from medmoe.papers.mome.data import UNIVERSAL_CLASSES, UniversalDataset
-from medmoe.engine import TrainConfig, fit
 from medmoe.env import environment
-from medmoe.papers.mome.model import CONFIGS, DECODER_LEVELS, build_model
-from medmoe.papers.mome import recipe as recipe
-from medmoe.repro.runner import fingerprint, save_results
-from medmoe.utils import seed_everything
+from medmoe.metrics import binary_dice
+from medmoe.papers.mome import build, class_text_embeddings, count, evaluate, train
+from medmoe.papers.mome.data import UNIVERSAL_CLASSES, PhantomCT, RandomPatches, UniversalDataset
+from medmoe.papers.mome.model import CONFIGS, DECODER_LEVELS
+from medmoe.repro import checkpoint_dir, save_results
+from medmoe.utils import resolve_device, seed_everything
 
 seed_everything(seed)
 run_dir = Path(run_dir)
 seeds = [seed + i for i in range(n_seeds)]
-dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-print(f"profile {profile}: {dataset} data, {base_config} vs {mome_config}, seeds {seeds}, device {environment()['device']}")
+dev = resolve_device(device)
+print(f"profile {profile}: {dataset} data, {base_config} vs {mome_config}, seeds {seeds}, "
+      f"device {environment()['device']}")
 
 # %% [markdown]
 # ## 1. Partially labelled data
@@ -113,17 +116,20 @@ if dataset == "phantoms":
     if held_out in train_names:
         raise ValueError(f"held_out source {held_out!r} is also a training source {train_names}")
     volumes = {
-        "train": recipe.PhantomCT(sources=train_names, n_per_source=n_train_per_source, size=volume_size, seed=seed),
-        "test": recipe.PhantomCT(sources=train_names, n_per_source=n_test_per_source, size=volume_size, seed=seed + 1000),
-        "held_out": recipe.PhantomCT(sources=[held_out], n_per_source=n_test_per_source + 1, size=volume_size, seed=seed + 2000,
-                                     shift=tuple(held_out_shift)),
+        "train": PhantomCT(sources=train_names, n_per_source=n_train_per_source, size=volume_size, seed=seed),
+        "test": PhantomCT(sources=train_names, n_per_source=n_test_per_source, size=volume_size, seed=seed + 1000),
+        "held_out": PhantomCT(sources=[held_out], n_per_source=n_test_per_source + 1, size=volume_size,
+                              seed=seed + 2000, shift=tuple(held_out_shift)),
     }
-    labelled_table = pd.DataFrame({s: [c in SOURCE_DATASETS[s] for c in classes] for s in (*train_names, held_out)}, index=classes)
+    labelled_table = pd.DataFrame({s: [c in SOURCE_DATASETS[s] for c in classes] for s in (*train_names, held_out)},
+                                  index=classes)
 elif dataset == "universal":
     if not (data_root and train_list and test_list):
-        raise ValueError("dataset='universal' needs data_root, train_list and test_list (see data_scripts/prepare_universal.py)")
+        raise ValueError("dataset='universal' needs data_root, train_list and test_list "
+                         "(see data_scripts/prepare_universal.py)")
     classes = list(UNIVERSAL_CLASSES)
-    volumes = {"train": UniversalDataset(root=data_root, list_file=train_list), "test": UniversalDataset(root=data_root, list_file=test_list)}
+    volumes = {"train": UniversalDataset(root=data_root, list_file=train_list),
+               "test": UniversalDataset(root=data_root, list_file=test_list)}
     if held_out_list:
         volumes["held_out"] = UniversalDataset(root=data_root, list_file=held_out_list)
     labelled_table = None
@@ -165,14 +171,14 @@ labelled_table
 rows = []
 for name in ("universal_paper", "mome_paper", base_config, mome_config):
     cfg = CONFIGS[name]
-    m = build_model(name)
-    rows.append({"configuration": name, "feature size": cfg.feature_size, "classes": cfg.num_classes, "text dim": cfg.text_dim,
-                 "experts": ", ".join(cfg.experts), "parameters (M)": sum(p.numel() for p in m.parameters()) / 1e6,
-                 "router + extra experts (k)": (sum(p.numel() for p in m.router.parameters()) if m.router is not None else 0) / 1e3})
-    del m
+    n = count(build(name))  # medmoe.papers.mome.recipe.count: total, trainable, router, experts
+    rows.append({"configuration": name, "feature size": cfg.feature_size, "classes": cfg.num_classes,
+                 "text dim": cfg.text_dim, "experts": ", ".join(cfg.experts), "parameters (M)": n["total"] / 1e6,
+                 "router (k)": n["router"] / 1e3, "expert projections (k)": n["experts"] / 1e3})
 params = pd.DataFrame(rows).set_index("configuration")
 pyramid = pd.DataFrame([{"output": k, "channels (paper)": w * CONFIGS["mome_paper"].feature_size,
-                         "grid for a 96^3 patch": f"{96 // f}^3"} for k, (w, f) in DECODER_LEVELS.items()]).set_index("output")
+                         "grid for a 96^3 patch": f"{96 // f}^3"}
+                        for k, (w, f) in DECODER_LEVELS.items()]).set_index("output")
 display(pyramid)
 params.round(3)
 
@@ -181,26 +187,21 @@ params.round(3)
 #
 # The loss is Dice + BCE over the (volume, class) pairs whose class the volume's source annotates; every other
 # class's output gets **no gradient** (tested in `tests/test_mome.py`). Random patches are drawn 2 : 1 around
-# labelled foreground and background (MONAI `RandCropByPosNegLabeld`), as the Universal Model does.
+# labelled foreground and background (MONAI `RandCropByPosNegLabeld`), as the Universal Model does. Both models
+# train the same way (`medmoe.papers.mome.recipe.train`: AdamW, the book's one training loop `medmoe.engine`).
 
 # %%
-text = recipe.class_text_embeddings(classes, encoder=text_encoder)
-loader_gen = torch.Generator().manual_seed(seed)
-patches = recipe.RandomPatches(volumes["train"], patch=CONFIGS[mome_config].roi_size)
-key = fingerprint(dict(dataset=dataset, data_root=data_root, train_list=train_list, train_sources=train_sources, volume_size=volume_size,
-                       n_train_per_source=n_train_per_source, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                       text_encoder=text_encoder))
+text = class_text_embeddings(classes, encoder=text_encoder)
+patches = RandomPatches(volumes["train"], patch=CONFIGS[mome_config].roi_size)
+ckpt = checkpoint_dir(run_dir, run_key)
 models, histories = {}, []
 for name in (base_config, mome_config):
     for s in seeds:
         seed_everything(s)
-        m = build_model(name, num_classes=len(classes), text_dim=text.shape[1]).to(dev)
+        m = build(name, num_classes=len(classes), text_dim=text.shape[1]).to(dev)
         m.set_text_embeddings(text)
-        res = fit(m, torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=weight_decay),
-                  DataLoader(patches, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(s)),
-                  step_fn=recipe.train_step,
-                  config=TrainConfig(out_dir=run_dir / "checkpoints" / key / f"{name}_seed{s}", epochs=epochs, seed=s,
-                                     progress=False, run_key=f"{key}-{name}"))
+        res = train(m, patches, out_dir=ckpt / f"{name}_seed{s}", epochs=epochs, lr=lr, batch_size=batch_size, seed=s,
+                    run_key=run_key, weight_decay=weight_decay)
         models[name, s] = m.eval()
         histories += [{"model": name, "seed": s, **h} for h in res.history]
 hist = pd.DataFrame(histories)
@@ -223,12 +224,12 @@ map_volume = max(range(len(volumes["test"])), key=lambda k: (int(volumes["test"]
 evals, maps = [], {}
 for (name, s), m in models.items():
     for split in [k for k in ("test", "held_out") if k in volumes]:
-        r = recipe.evaluate(m, volumes[split], overlap=sw_overlap)
+        r = evaluate(m, volumes[split], overlap=sw_overlap)
         for c, d in enumerate(r["per_class"]):
             if d == d:
                 evals.append({"model": name, "seed": s, "split": split, "organ": classes[c], "Dice": float(d)})
     if s == seeds[0]:
-        maps[name] = recipe.evaluate(m, Subset(volumes["test"], [map_volume]), overlap=sw_overlap, keep_router=1)["maps"][0]
+        maps[name] = evaluate(m, Subset(volumes["test"], [map_volume]), overlap=sw_overlap, keep_router=1)["maps"][0]
 ev = pd.DataFrame(evals)
 per_organ = ev.groupby(["split", "organ", "model"], sort=False).Dice.agg(["mean", "std"]).unstack("model")
 overall = (ev.groupby(["split", "model", "seed"]).Dice.mean()  # mean over organs, per seed
@@ -256,17 +257,14 @@ lower = {c.lower(): c for c in classes}
 kidneys = (lower.get("left kidney"), lower.get("right kidney"))
 display(cosine.round(3))
 
-
-def dice_np(p, t):
-    return float(2 * (p & t).sum() / (p.sum() + t.sum() + 1))
-
-
 side = None
-if all(kidneys):  # does a kidney head segment its own side or the other? (the volume of the router figure, first seed)
+if all(kidneys):  # does a kidney head segment its own side or the other? (the router figure's volume, first seed)
     left, right = classes.index(kidneys[0]), classes.index(kidneys[1])
-    side = pd.DataFrame([{"model": n, "head": classes[h], "Dice with its own side": dice_np(mp_["probability"][h] > 0.5, mp_["label"][h] > 0),
-                          "Dice with the other side": dice_np(mp_["probability"][h] > 0.5, mp_["label"][o] > 0)}
-                         for n, mp_ in maps.items() for h, o in ((left, right), (right, left))]).set_index(["model", "head"])
+    side = pd.DataFrame([{"model": n, "head": classes[h],
+                          "Dice with its own side": binary_dice(mp_["probability"][h] > 0.5, mp_["label"][h] > 0),
+                          "Dice with the other side": binary_dice(mp_["probability"][h] > 0.5, mp_["label"][o] > 0)}
+                         for n, mp_ in maps.items() for h, o in ((left, right), (right, left))]
+                        ).set_index(["model", "head"])
 side.round(3) if side is not None else None
 
 # %% [markdown]

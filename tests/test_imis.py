@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -30,7 +29,6 @@ from medmoe.papers.segmote.data import (
     write_sparse_mask,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 LABELS = ["liver", "spleen", "kidney_left"]
 
 
@@ -343,8 +341,6 @@ def test_build_isic_and_amos(builder, tmp_path, capsys):
 
 def _fake_isles(folder: Path, n: int = 3) -> None:
     """A BIDS tree as ISLES-2022.zip unpacks: DWI (and ADC, which must be ignored) per case plus a lesion mask."""
-    import nibabel as nib
-
     for i in range(1, n + 1):
         sub = f"sub-strokecase{i:04d}"
         dwi = np.full((8, 8, 6), 10.0, dtype=np.float32)

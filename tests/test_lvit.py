@@ -8,16 +8,17 @@ import torch
 from openpyxl import Workbook, load_workbook
 from PIL import Image
 
+from medmoe.data.phantoms import PhantomDataset2D
 from medmoe.papers.mlmoe.data import (
     LViTDataset,
+    QaTaDataset,
     find_text_table,
     image_name_candidates,
     read_text_table,
     write_lvit_layout,
+    write_qata_layout,
     write_text_table,
 )
-from medmoe.data.phantoms import PhantomDataset2D
-from medmoe.papers.mlmoe.data import QaTaDataset, write_qata_layout
 
 SIZE = 32
 N_TRAIN, N_VAL, N_TEST = 6, 4, 3

@@ -1,4 +1,5 @@
-"""Tests for medmoe.papers.medmoe.data and medmoe.papers.medmoe.evalsets (Chapter 2, MedMoE) on fixtures in the real file formats.
+"""Tests for medmoe.papers.medmoe.data and medmoe.papers.medmoe.evalsets (Chapter 2, MedMoE) on fixtures in the real
+file formats.
 
 The fixtures copy the real layouts: UniMed caption CSVs (``filename`` / ``captions`` as Python list literals),
 UniMed-CLIP's evaluation folders (RadImageNet's ``img_dir,label`` / ``filename,label`` /
@@ -19,8 +20,18 @@ import torch
 from PIL import Image
 
 import medmoe.data as data_pkg
+from medmoe.data.sources import SOURCES
 from medmoe.papers.medmoe import data as unimed
 from medmoe.papers.medmoe import evalsets
+from medmoe.papers.medmoe.data import (
+    UNIMED_MODALITIES,
+    ReportDataset,
+    UniMedCaptions,
+    load_image_rgb,
+    modality_from_path,
+    parse_list_cell,
+    write_unimed_fixture,
+)
 from medmoe.papers.medmoe.evalsets import (
     CHEXPERT_5X200_COLUMNS,
     CLASS_PROMPTS,
@@ -30,15 +41,6 @@ from medmoe.papers.medmoe.evalsets import (
     ClassificationSet,
     build_eval_set,
     subsample_labels,
-)
-from medmoe.data.sources import SOURCES
-from medmoe.papers.medmoe.data import (
-    UNIMED_MODALITIES,
-    UniMedCaptions,
-    load_image_rgb,
-    modality_from_path,
-    parse_list_cell,
-    write_unimed_fixture,
 )
 
 CHEXPERT_ALL = [
@@ -519,9 +521,25 @@ def test_sources_registered():
     assert {f.filename for f in SOURCES["unimed_captions"].files} == set(unimed.UNIMED_CAPTION_FILES.values())
 
 
-def test_lazy_exports():
-    assert data_pkg.UniMedCaptions is UniMedCaptions
-    assert data_pkg.build_eval_set is build_eval_set and data_pkg.subsample_labels is subsample_labels
+def test_the_paper_folder_owns_its_layouts():
+    """MedMoE's data live in its paper folder; ``medmoe.data`` (shared by every chapter) does not re-export them."""
+    for name in ("UniMedCaptions", "build_eval_set", "subsample_labels", "ReportDataset"):
+        assert not hasattr(data_pkg, name)
+    assert unimed.UniMedCaptions is UniMedCaptions and evalsets.build_eval_set is build_eval_set
+
+
+def test_report_dataset_attaches_the_encoded_reports():
+    base = [{"image": torch.full((3, 8, 8), float(i)), "modality": i % 2, "mask": torch.zeros(1, 8, 8)}
+            for i in range(3)]
+    words = torch.randn(3, 5, 4)
+    reports = type("R", (), {"words": words, "sentence": words.mean(1), "cap_lens": torch.tensor([2, 3, 1])})()
+    ds = ReportDataset(base, reports)
+    item = ds[2]
+    assert len(ds) == 3 and item["modality"] == 0 and item["index"] == 2 and int(item["cap_len"]) == 1
+    assert torch.equal(item["image"], base[2]["image"]) and torch.equal(item["words"], words[2])
+    assert "mask" not in item
+    with pytest.raises(ValueError, match="2 encoded reports for a dataset of 3"):
+        ReportDataset(base, type("R", (), {"words": words[:2]})())
 
 
 @pytest.mark.parametrize("module", [unimed, evalsets], ids=["unimed", "evalsets"])

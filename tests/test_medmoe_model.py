@@ -8,10 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmoe.backbones import build_text_encoder
-from medmoe.papers.medmoe.model import (CONFIGS, MultiScaleExpert, aggregate_word_pieces, build_model, encode_reports)
-from medmoe.moe import GateOutput
+from medmoe.backbones import build_swin, build_text_encoder
+from medmoe.data.phantoms import PhantomDataset2D, PhantomFindingSet
+from medmoe.moe import GateOutput, contingency, normalized_mutual_information
 from medmoe.papers.medmoe import recipe as R
+from medmoe.papers.medmoe.data import ReportDataset
+from medmoe.papers.medmoe.model import (
+    CONFIGS,
+    MultiScaleExpert,
+    aggregate_word_pieces,
+    build_model,
+    encode_reports,
+    example_inputs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +36,14 @@ def _model(**kw):
 # ---------------------------------------------------------------------------------------------------- model
 
 
-def test_paper_configuration_parameter_count_matches_the_released_code():
-    m = build_model("medmoe_paper")
+@pytest.fixture(scope="module")
+def paper_model():
+    torch.manual_seed(0)
+    return build_model("medmoe_paper")
+
+
+def test_paper_configuration_parameter_count_matches_the_released_code(paper_model):
+    m = paper_model
     count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
     assert count(m.backbone) == 27_519_354  # Swin-T
     assert count(m.router) == 99_206  # 768 -> 128 -> 6
@@ -36,18 +51,37 @@ def test_paper_configuration_parameter_count_matches_the_released_code():
     total = count(m)
     assert total == 36_046_598
     assert abs(total / 37e6 - 1) < 0.03  # Table 3: "37M (all experts)"
+    assert R.count(m) == {"total": total, "trainable": total, "backbone": 27_519_354, "router": 99_206,
+                          "experts": 6 * 1_404_673, "one_expert": 1_404_673}
 
 
-def test_paper_configuration_flops_with_one_expert_active():
-    from torch.utils.flop_counter import FlopCounterMode
+def test_paper_configuration_flops_with_one_expert_active(paper_model):
+    c = R.cost(paper_model)  # the counter counts 2 FLOPs per multiply-accumulate; cost reports MACs
+    assert abs(c["gmacs"] / 7.8 - 1) < 0.10, c  # Table 3: 7.8 G with one expert active
+    assert 4.0 < c["backbone_gmacs"] < 4.6  # Swin-T, ~4.5 G in the usual MAC convention
+    assert c["params_m"] == pytest.approx(36.046598) and c["expert_params_m"] == pytest.approx(1.404673)
+    assert paper_model.training  # cost leaves the mode as it found it
 
-    m = build_model("medmoe_paper").eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        m(torch.rand(1, 3, 224, 224))
-    gmac = fc.get_total_flops() / 2e9  # the counter counts 2 FLOPs per multiply-accumulate
-    assert abs(gmac / 7.8 - 1) < 0.10, gmac  # Table 3: 7.8 G with one expert active
-    backbone = sum(sum(v.values()) for k, v in fc.get_flop_counts().items() if k == "MedMoE.backbone") / 2e9
-    assert 4.0 < backbone < 4.6  # Swin-T, ~4.5 G in the usual MAC convention
+
+def test_example_inputs_give_the_promised_shapes():
+    for name in ("medmoe_test", "medmoe_quick"):
+        kwargs, shapes = example_inputs(name, batch_size=3)
+        out = build_model(name)(**kwargs)
+        assert {k: tuple(getattr(out, k).shape) for k in shapes} == shapes
+    kwargs, _ = example_inputs(build_model("medmoe_test", router_input="text").config)
+    assert set(kwargs) == {"images", "text_global"}
+
+
+def test_an_injected_backbone_is_used_and_checked():
+    torch.manual_seed(0)
+    swin = build_swin("swin-test")
+    m = build_model("medmoe_test", backbone=swin)
+    assert m.backbone is swin
+    assert R.build("medmoe_test", backbone=swin).backbone is swin
+    with pytest.raises(ValueError, match="swin="):
+        build_model("medmoe_test", backbone="swin-test")  # the Swin's configuration name is the field swin
+    with pytest.raises(ValueError, match="not both"):
+        R.build("medmoe_test", backbone=swin, swin_weights="somewhere")
 
 
 @pytest.mark.parametrize("name,size", [("medmoe_test", 64), ("medmoe_quick", 64), ("medmoe_test", 48)])
@@ -81,7 +115,8 @@ def test_dispatch_equals_computing_every_expert_outputs_and_gradients():
     gate = GateOutput(weights=F.one_hot(idx[:, 0], 3).float(), probs=torch.full((6, 3), 1 / 3),
                       logits=torch.zeros(6, 3), indices=idx)
     sparse = m.forward_head(maps, gate)
-    grads_sparse = torch.autograd.grad(sparse.global_.square().sum() + sparse.local.mean(), list(m.experts.parameters()))
+    grads_sparse = torch.autograd.grad(sparse.global_.square().sum() + sparse.local.mean(),
+                                       list(m.experts.parameters()))
     m.compute_all_experts = True
     dense = m.forward_head(maps, gate)
     grads_dense = torch.autograd.grad(dense.global_.square().sum() + dense.local.mean(), list(m.experts.parameters()))
@@ -162,8 +197,9 @@ def test_linear_1d_alignment_is_interpolation_along_the_flattened_tokens():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(num_experts=0), "num_experts"), (dict(align="nearest"), "align"), (dict(router_input="report"), "router_input"),
-    (dict(aux_on="softmax"), "aux_on"), (dict(backbone="swin-huge"), "backbone"), (dict(image_size=32), "too small"),
+    (dict(num_experts=0), "num_experts"), (dict(align="nearest"), "align"),
+    (dict(router_input="report"), "router_input"), (dict(aux_on="softmax"), "aux_on"),
+    (dict(swin="swin-huge"), "swin"), (dict(image_size=32), "too small"),
     (dict(colour=3), "unknown MedMoEConfig field"),
 ])
 def test_bad_configuration(kwargs, match):
@@ -313,24 +349,61 @@ def test_linear_probe_rises_to_perfect_on_separable_features():
     assert res[1.0] == 1.0 and all(0 <= v <= 1 for v in res.values())
 
 
-def test_pretrain_runs_resumes_and_records_router_accuracy(tmp_path, tiny_text):
-    from medmoe.data.phantoms import PhantomDataset2D
-
+def test_train_runs_resumes_and_records_router_accuracy(tmp_path, tiny_text):
     ds = PhantomDataset2D(n=9, modalities=("cxr", "ct", "mri"), size=64, seed=0, channels=3)
     r = encode_reports(tiny_text, ds.reports)
-    data = R.ReportDataset(ds, r)
+    data = ReportDataset(ds, r)
     m = _model()
-    res = R.pretrain(m, data, data, out_dir=tmp_path / "run", epochs=1, lr=1e-3, batch_size=3, seed=0)
+    res = R.train(m, data, data, out_dir=tmp_path / "run", epochs=1, lr=1e-3, batch_size=3, seed=0)
     assert res.epochs_run == 1 and {"train_router_acc", "val_loss", "val_aux"} <= set(res.history[0])
-    again = R.pretrain(_model(), data, data, out_dir=tmp_path / "run", epochs=2, lr=1e-3, batch_size=3, seed=0)
+    again = R.train(_model(), data, data, out_dir=tmp_path / "run", epochs=2, lr=1e-3, batch_size=3, seed=0)
     assert len(again.history) == 2 and again.history[0] == res.history[0]
+    alone = R.train(_model(), data, out_dir=tmp_path / "no_val", epochs=1, lr=1e-3, batch_size=4, seed=0)
+    assert alone.monitor == "train_loss" and not any(k.startswith("val_") for k in alone.history[0])
     emb = R.embed_images(m, ds, batch_size=4, keep_local=True)
     assert emb["global"].shape == (9, 32) and emb["expert"].shape == (9,) and emb["local"].shape == (9, 32, 16, 16)
     words, maps, expert = R.word_attention(m, ds[0]["image"], r, index=0)
     assert maps.shape == (len(words), 16, 16) and torch.allclose(maps.flatten(1).sum(1), torch.ones(len(words)))
     assert "[SEP]" not in words and 0 <= expert < 3
     with pytest.raises(ValueError, match="encoded reports"):
-        R.ReportDataset(ds, encode_reports(tiny_text, ds.reports[:3]))
+        ReportDataset(ds, encode_reports(tiny_text, ds.reports[:3]))
+
+
+def test_evaluate_gives_the_chapters_numbers(tiny_text):
+    """evaluate = embed_images + the notebook's routing, zero-shot, probe and retrieval computations."""
+    m = _model().eval()
+    pairs = PhantomDataset2D(n=12, modalities=("cxr", "ct", "mri"), size=64, seed=0, channels=3)
+    data = ReportDataset(pairs, encode_reports(tiny_text, pairs.reports))
+    res = R.evaluate(m, data, batch_size=5, groups=pairs.reports)
+    emb = R.embed_images(m, pairs, batch_size=5)
+    assert torch.equal(res["global"], emb["global"]) and torch.equal(res["expert"], emb["expert"])
+    table = contingency(emb["modality"], emb["expert"], num_a=5, num_b=3)
+    assert res["router_agreement"] == float(table.max(dim=1).values.sum() / table.sum())
+    assert res["router_nmi"] == float(normalized_mutual_information(emb["expert"], emb["modality"]))
+    sim = R.global_similarity(emb["global"], data.reports.sentence)
+    assert res["retrieval"] == R.retrieval_recall(sim, groups=pairs.reports)
+    assert "local" not in res and "zero_shot_global" not in res
+
+    train = PhantomFindingSet(modality="ct", n_per_class=2, size=64, seed=5, channels=3)
+    test = PhantomFindingSet(modality="ct", n_per_class=2, size=64, seed=6, channels=3)
+    prompts = [list(p) for p in test.prompts]
+    owner = torch.tensor([c for c, ps in enumerate(prompts) for _ in ps])
+    enc = encode_reports(tiny_text, [p for ps in prompts for p in ps])
+    res = R.evaluate(m, test, prompts=enc, prompt_class=owner, probe_train=train, fractions=(0.5, 1.0), seed=3)
+    te = R.embed_images(m, test, keep_local=True)
+    per_class = lambda s: torch.stack([s[:, owner == c].mean(1) for c in range(len(prompts))], 1)  # noqa: E731
+    g = R.global_similarity(te["global"], enc.sentence)
+    loc = R.local_similarity(te["local"], enc.words, enc.cap_lens)
+    assert res["zero_shot_global"] == float((per_class(g).argmax(1) == te["label"]).float().mean())
+    assert res["zero_shot_local"] == float((per_class(loc).argmax(1) == te["label"]).float().mean())
+    tr = R.embed_images(m, train)
+    assert res["linear_probe"] == R.linear_probe(tr["global"], tr["label"].tolist(), te["global"],
+                                                 te["label"].tolist(), fractions=(0.5, 1.0), seed=3)
+    assert R.evaluate(m, test, prompts=enc, prompt_class=owner, keep_local=True)["local"].shape == te["local"].shape
+    with pytest.raises(ValueError, match="label"):
+        R.evaluate(m, pairs, prompts=enc, prompt_class=owner)
+    with pytest.raises(ValueError, match="one class per prompt"):
+        R.prompt_class_scores(g, owner[:-1])
 
 
 def test_benchmark_script_runs_on_a_tiny_model(tmp_path):
@@ -345,10 +418,10 @@ def test_benchmark_script_runs_on_a_tiny_model(tmp_path):
 def test_paper_configuration_trains_a_step_on_unimed_files_with_a_medclip_checkpoint(tmp_path):
     """The paper profile offline: Swin-T + 6 experts at 224 px, a 768-d 12-layer BERT read from a local folder
     (``save_pretrained`` format), MedCLIP-style weights loaded into the Swin, and UniMed caption tables."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel  # a 12-layer BERT saved in the save_pretrained layout
 
+    from medmoe.backbones import load_medclip_swin
     from medmoe.papers.medmoe.data import UniMedCaptions, write_unimed_fixture
-    from medmoe.backbones import build_swin, load_medclip_swin
 
     rows = [("radiology_ai/CT/a.png", ["CT of the abdomen, liver lesion.", "Axial CT."]),
             ("radiology_ai/MR/b.png", ["Knee MRI with an ACL tear."]), ("radiology_ai/US/c.png", ["Thyroid nodule."])]
@@ -370,12 +443,13 @@ def test_paper_configuration_trains_a_step_on_unimed_files_with_a_medclip_checkp
     swin = build_swin("swin-tiny")
     report = load_medclip_swin(swin, ckpt.parent, warn=False)
     assert report.loaded and not report.unexpected
-    model = build_model("medmoe_paper")
-    model.backbone = swin
+    model = build_model("medmoe_paper", backbone=swin)
     key = "encoder.layers.0.blocks.0.attention.q_proj.weight"
     assert torch.equal(model.backbone.state_dict()[key], donor.state_dict()[key])
+    built = R.build("medmoe_paper", medclip_checkpoint=ckpt.parent, num_experts=2)  # the notebook's way
+    assert torch.equal(built.backbone.state_dict()[key], donor.state_dict()[key]) and built.config.num_experts == 2
 
-    data = R.ReportDataset(ds, encode_reports(text, ds.texts))
+    data = ReportDataset(ds, encode_reports(text, ds.texts))
     batch = torch.utils.data.default_collate([data[i] for i in range(3)])
     model.train()
     out = R.pretrain_step(model, batch)

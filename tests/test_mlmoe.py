@@ -7,12 +7,22 @@ import math
 import pytest
 import torch
 
+from medmoe.backbones import build_convnext
+from medmoe.papers.mlmoe import build, count, evaluate, evaluate_texts, train
+from medmoe.papers.mlmoe.data import TeacherDataset, TextFeatureDataset
 from medmoe.papers.mlmoe.model import Adapter, build_model, sinusoidal_encoding
-from medmoe.papers.mlmoe.recipe import SegLoss, distillation_loss, distillation_step, evaluate, text_present_step
+from medmoe.papers.mlmoe.recipe import (
+    SegLoss,
+    distillation_loss,
+    distillation_step,
+    teacher_features,
+    text_present_step,
+)
+from medmoe.utils import count_parameters
 
 
 def _trainable(m):
-    return sum(p.numel() for p in m.parameters() if p.requires_grad)
+    return count_parameters(m, trainable_only=True)
 
 
 def test_paper_configuration_forward_backward_224_and_parameter_counts(capsys):
@@ -27,7 +37,8 @@ def test_paper_configuration_forward_backward_224_and_parameter_counts(capsys):
     per_stage = [(768 * c + c) + (24 * n + n) for c, n in ((768, 24), (384, 12), (192, 9))]
     gates = [(768 + c) * 4 + 4 + 1 for c in (768, 384, 192)]
     assert extra == 3 * sum(per_stage) + sum(gates) == 3_118_590
-    print(f"trainable: Ariadne {_trainable(base) / 1e6:.2f} M (paper 32.7 M), MLMoE {_trainable(moe) / 1e6:.2f} M (paper 36.4 M)")
+    print(f"trainable: Ariadne {_trainable(base) / 1e6:.2f} M (paper 32.7 M), "
+          f"MLMoE {_trainable(moe) / 1e6:.2f} M (paper 36.4 M)")
     x, t = torch.randn(2, 1, 224, 224), torch.randn(2, 24, 768)
     out = moe(x, t)
     assert out.logits.shape == (2, 1, 224, 224)
@@ -36,7 +47,8 @@ def test_paper_configuration_forward_backward_224_and_parameter_counts(capsys):
     loss = SegLoss()(out.logits, (torch.rand(2, 1, 224, 224) > 0.9).float())
     loss.backward()
     g0 = moe.guides[0]
-    assert g0.experts.w.grad.abs().sum() > 0 and g0.gate.proj.weight.grad.abs().sum() > 0 and g0.gate.log_tau.grad is not None
+    assert g0.experts.w.grad.abs().sum() > 0 and g0.gate.proj.weight.grad.abs().sum() > 0
+    assert g0.gate.log_tau.grad is not None
     assert moe.virtual_prompt.grad is None and g0.adapter.up.weight.grad is None  # stage-2 parameters idle
     assert "MLMoE" in capsys.readouterr().out
 
@@ -86,7 +98,8 @@ def test_text_absent_path_and_distillation_freezes_all_but_prompt_and_adapters()
     no_text = m(img, None)  # no text encoder needed
     assert no_text.logits.shape == (4, 1, 64, 64)
     trainable = m.start_distillation()
-    assert sum(p.numel() for p in trainable) == _trainable(m) == m.virtual_prompt.numel() + sum(p.numel() for p in m.adapter_parameters())
+    assert sum(p.numel() for p in trainable) == _trainable(m)
+    assert _trainable(m) == m.virtual_prompt.numel() + sum(p.numel() for p in m.adapter_parameters())
     frozen = {k: v.clone() for k, v in m.state_dict().items() if "adapter" not in k and "virtual_prompt" not in k}
     m.train()
     assert not m.ups[0].transp_conv.training and m.guides[0].adapter.training
@@ -121,13 +134,28 @@ def test_text_present_step_and_evaluate_modes():
     out = text_present_step(m, batch, seg_loss=SegLoss(), div_weight=1.0)
     assert set(out) == {"loss", "seg", "div"} and out["div"] <= 0
     assert torch.isclose(out["loss"].detach(), out["seg"] + out["div"])
-    loader = [batch]
+    data = [{k: v[i] for k, v in batch.items()} for i in range(2)]  # a dataset of two items
     for text in ("report", "virtual", torch.randn(8, 32)):
-        r = evaluate(m, loader, text=text)
+        r = evaluate(m, data, text=text)
         assert 0 <= r["global_dice"] <= 1 and r["num_images"] == 2
-    assert len(evaluate(m, loader)["gates"]) == 3
+    assert len(evaluate(m, data)["gates"]) == 3
     with pytest.raises(ValueError, match="text must be"):
-        evaluate(m, loader, text="nothing")
+        evaluate(m, data, text="nothing")
+    with pytest.raises(ValueError, match="text must be"):
+        evaluate_texts(m, data, {"report": "report", "bad": "nothing"})
+
+
+def test_evaluate_does_not_depend_on_the_batch_size():
+    torch.manual_seed(0)
+    m = build_model("mlmoe_test")
+    data = [{"image": torch.randn(1, 64, 64), "mask": (torch.rand(1, 64, 64) > 0.8).float(),
+             "text_features": torch.randn(8, 32)} for _ in range(5)]
+    a, b = evaluate(m, data, batch_size=5), evaluate(m, data, batch_size=2)
+    for key in ("global_dice", "global_iou", "per_image_dice"):
+        assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-6)
+    assert torch.allclose(a["gates"][1], b["gates"][1], atol=1e-6)
+    both = evaluate_texts(m, data, {"report": "report", "virtual prompt": "virtual"}, batch_size=2)
+    assert list(both) == ["report", "virtual prompt"] and both["report"]["global_dice"] == b["global_dice"]
 
 
 def test_bad_input_is_named():
@@ -150,17 +178,61 @@ def test_sinusoidal_encoding_values():
 
 
 def test_precomputed_teacher_equals_online_teacher():
-    from medmoe.papers.mlmoe.recipe import TeacherDataset, teacher_features
-
     torch.manual_seed(0)
     m = build_model("mlmoe_test")
     m.start_distillation()
-    items = [{"image": torch.randn(1, 64, 64), "mask": (torch.rand(1, 64, 64) > 0.8).float(), "text_features": torch.randn(8, 32)}
-             for _ in range(3)]
+    items = [{"image": torch.randn(1, 64, 64), "mask": (torch.rand(1, 64, 64) > 0.8).float(),
+              "text_features": torch.randn(8, 32)} for _ in range(3)]
     ds = TeacherDataset(items, teacher_features(m, items))
     batch = torch.utils.data.default_collate([ds[i] for i in range(3)])
     torch.manual_seed(1)
     cached = distillation_step(m, batch, seg_loss=SegLoss())
     del batch["teacher"]
     online = distillation_step(m, batch, seg_loss=SegLoss())
-    assert torch.allclose(cached["dis"], online["dis"], atol=1e-5) and torch.allclose(cached["loss"], online["loss"], atol=1e-5)
+    assert torch.allclose(cached["dis"], online["dis"], atol=1e-5)
+    assert torch.allclose(cached["loss"], online["loss"], atol=1e-5)
+
+
+def test_count_parts_add_up():
+    m = build("mlmoe_test")
+    c = count(m)
+    assert c["total"] == count_parameters(m) and c["trainable"] == _trainable(m)
+    assert c["trainable"] == c["total"] - c["adapters"] - c["virtual_prompt"]
+    assert c["experts"] == sum(count_parameters(g.experts) for g in m.guides)
+    base = count(build("mlmoe_test", num_experts=0))
+    assert base["experts"] == base["gates"] == 0 and base["encoder"] == c["encoder"]
+    m.start_distillation()
+    assert count(m)["trainable"] == c["adapters"] + c["virtual_prompt"]
+
+
+def test_build_takes_a_backbone_or_its_weights():
+    enc = build_convnext("convnext-test")
+    assert build("mlmoe_test", backbone=enc).encoder is enc
+    with pytest.raises(ValueError, match="either backbone"):
+        build("mlmoe_test", backbone=enc, backbone_weights="some/folder")
+
+
+def _tiny_task(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    items = [{"image": torch.randn(1, 64, 64, generator=g), "mask": (torch.rand(1, 64, 64, generator=g) > 0.8).float()}
+             for _ in range(n)]
+    return TextFeatureDataset(items, torch.randn(n, 8, 32, generator=g))
+
+
+def test_train_both_stages(tmp_path):
+    torch.manual_seed(0)
+    m = build("mlmoe_test")
+    train_set, val_set = _tiny_task(4, 0), _tiny_task(2, 1)
+    kw = dict(epochs=1, lr=1e-3, batch_size=2, seed=0)
+    fit1 = train(m, train_set, val_set, stage="text_present", out_dir=tmp_path / "s1", **kw)
+    assert fit1.monitor == "val_seg" and fit1.epochs_run == 1 and "train_div" in fit1.history[0]
+    before = {k: v.clone() for k, v in m.state_dict().items() if "adapter" not in k and "virtual_prompt" not in k}
+    fit2 = train(m, train_set, val_set, stage="text_absent", out_dir=tmp_path / "s2", **kw)
+    assert fit2.monitor == "val_seg" and "val_dis" in fit2.history[0]
+    after = m.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # only the prompt and the adapters moved
+    assert train(build("mlmoe_test"), train_set, stage="text_present", out_dir=tmp_path / "s3",
+                 **kw).monitor == "train_seg"
+    with pytest.raises(ValueError, match="unknown stage"):
+        train(m, train_set, stage="text_free", out_dir=tmp_path / "s4", **kw)
+

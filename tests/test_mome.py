@@ -1,14 +1,22 @@
 """MoME and the Universal Model (Chapter 4): shapes, the dynamic heads, the router, the partial-label loss, the paper
-configuration on a 96^3 patch, sliding-window evaluation on phantoms."""
+configuration on a 96^3 patch, an injected SwinUNETR, the recipe's verbs, sliding-window evaluation on phantoms."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.networks.nets import SwinUNETR
+from torch.utils.data import DataLoader
 
-from medmoe.papers.mome.model import CONFIGS, NUM_DYNAMIC_PARAMS, build_model, dynamic_head
+from medmoe.data.phantoms import CLASSES_3D
+from medmoe.engine import TrainConfig, fit
 from medmoe.papers.mome import recipe as R
+from medmoe.papers.mome.data import PhantomCT, RandomPatches, write_universal_fixture
+from medmoe.papers.mome.model import CONFIGS, NUM_DYNAMIC_PARAMS, build_model, dynamic_head, example_inputs
+from medmoe.repro.runner import run_notebook
 
 
 def _model(name="mome_test", **kw):
@@ -109,13 +117,12 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="labelled"):
         R.partial_label_loss(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4), torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="no labelled"):
-        R.partial_label_loss(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, dtype=torch.bool))
+        R.partial_label_loss(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4),
+                             torch.zeros(1, 3, dtype=torch.bool))
 
 
 def test_phantom_targets_are_partial_and_multi_label():
-    from medmoe.data.phantoms import CLASSES_3D
-
-    ds = R.PhantomCT(sources=["liver_tumour", "kidney"], n_per_source=1, size=32, seed=0)
+    ds = PhantomCT(sources=["liver_tumour", "kidney"], n_per_source=1, size=32, seed=0)
     item = ds[0]
     names = CLASSES_3D[1:]
     assert item["labelled"].tolist() == [n in ("liver", "liver tumour") for n in names]
@@ -124,28 +131,26 @@ def test_phantom_targets_are_partial_and_multi_label():
     kid = ds[1]
     assert kid["labelled"].tolist() == [n in ("left kidney", "right kidney") for n in names]
     assert kid["label"][kid["labelled"]].sum() > 0 and kid["label"][~kid["labelled"]].sum() == 0
-    crops = R.RandomPatches(R.PhantomCT(sources=["kidney"], n_per_source=1, size=48), patch=32)
+    crops = RandomPatches(PhantomCT(sources=["kidney"], n_per_source=1, size=48), patch=32)
     torch.manual_seed(0)
     c = crops[0]
     assert c["image"].shape == (1, 32, 32, 32) and c["label"].shape == (6, 32, 32, 32) and c["label"].sum() > 0
-    small = R.RandomPatches(R.PhantomCT(sources=["kidney"], n_per_source=1, size=40), patch=64)  # padded, then cropped
+    small = RandomPatches(PhantomCT(sources=["kidney"], n_per_source=1, size=40), patch=64)  # padded, then cropped
     assert small[0]["image"].shape == (1, 64, 64, 64)
     with pytest.raises(ValueError, match="patch"):
-        R.RandomPatches(crops.volumes, patch=48)
+        RandomPatches(crops.volumes, patch=48)
 
 
 def test_training_step_and_sliding_window_evaluation_on_phantoms():
-    from medmoe.data.phantoms import CLASSES_3D
-
     torch.manual_seed(0)
     m = build_model("mome_test", num_classes=6)
     m.set_text_embeddings(torch.randn(6, 16))
-    train = R.RandomPatches(R.PhantomCT(sources=["multi_organ", "liver_tumour"], n_per_source=1, size=48), patch=32)
+    train = RandomPatches(PhantomCT(sources=["multi_organ", "liver_tumour"], n_per_source=1, size=48), patch=32)
     batch = torch.utils.data.default_collate([train[0], train[1]])
     out = R.train_step(m, batch)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and out["dice"] > 0
-    test = R.PhantomCT(sources=["spleen"], n_per_source=2, size=48)
+    test = PhantomCT(sources=["spleen"], n_per_source=2, size=48)
     r = R.evaluate(m, test, keep_router=1)
     assert r["dice"].shape == (2, 6) and r["sources"] == ["spleen", "spleen"]
     spleen = CLASSES_3D[1:].index("spleen")
@@ -155,10 +160,69 @@ def test_training_step_and_sliding_window_evaluation_on_phantoms():
 
 
 def test_parameter_counts_of_the_paper_configurations():
-    counts = {n: sum(p.numel() for p in build_model(n).parameters()) for n in ("universal_paper", "mome_paper")}
-    assert counts["universal_paper"] == 62_595_315
-    assert counts["mome_paper"] - counts["universal_paper"] == 12_069  # 4 extra expert projections + the router
+    counts = {n: R.count(build_model(n)) for n in ("universal_paper", "mome_paper")}
+    uni, mome = counts["universal_paper"], counts["mome_paper"]
+    assert uni["total"] == uni["trainable"] == 62_595_315
+    assert mome["total"] - uni["total"] == 12_069  # 4 extra expert projections + the router
+    assert uni["router"] == 0 and mome["router"] + mome["experts"] - uni["experts"] == 12_069
     assert CONFIGS["mome_paper"].experts == ("dec3", "dec2", "dec1", "dec0", "out")
+
+
+@pytest.mark.parametrize("name", ["universal_test", "mome_test"])
+def test_example_inputs_promise_the_output_shapes(name):
+    kwargs, shapes = example_inputs(name, batch_size=1)
+    out = build_model(name)(**kwargs)
+    assert {k: tuple(getattr(out, k).shape) for k in shapes} == shapes
+    assert list(shapes)[0] == "logits" and ("router" in shapes) == CONFIGS[name].router
+
+
+def _swin(**kw):
+    cfg = CONFIGS["mome_test"]
+    args = dict(in_channels=1, out_channels=cfg.num_classes, feature_size=cfg.feature_size, depths=cfg.depths,
+                num_heads=cfg.num_heads, norm_name=cfg.norm, window_size=cfg.window_size)
+    return SwinUNETR(**{**args, **kw})
+
+
+def test_an_injected_swinunetr_is_the_backbone():
+    torch.manual_seed(0)
+    swin = _swin()
+    weight = swin.swinViT.patch_embed.proj.weight.detach().clone()
+    m = build_model("mome_test", backbone=swin)
+    assert m.backbone is swin and isinstance(swin.out, torch.nn.Identity)  # the heads replace SwinUNETR's output
+    assert torch.equal(m.backbone.swinViT.patch_embed.proj.weight, weight)
+    assert m(torch.rand(1, 1, 32, 32, 32)).logits.shape == (1, 3, 32, 32, 32)
+    # the same construction without injection: identical parameter names and shapes
+    fresh = build_model("mome_test")
+    assert [(k, v.shape) for k, v in fresh.state_dict().items()] == [(k, v.shape) for k, v in m.state_dict().items()]
+    with pytest.raises(ValueError, match="feature_size"):
+        build_model("mome_test", backbone=_swin(feature_size=24))
+    with pytest.raises(ValueError, match="window_size"):
+        build_model("mome_test", backbone=_swin(window_size=7))
+    with pytest.raises(ValueError, match="SwinUNETR"):
+        build_model("mome_test", backbone=torch.nn.Linear(2, 2))
+
+
+def test_train_is_the_hand_built_adamw_fit(tmp_path):
+    """``recipe.train`` gives bit-identical weights and history to the chapter's former hand-built
+    AdamW + shuffled DataLoader + ``fit`` (the move must not change the quick profile's numbers)."""
+    patches = RandomPatches(PhantomCT(sources=["kidney", "liver_tumour"], n_per_source=2, size=32), patch=32)
+    text = torch.randn(6, 16)
+    results = []
+    for how in ("recipe", "fit"):
+        torch.manual_seed(3)
+        m = build_model("mome_test", num_classes=6)
+        m.set_text_embeddings(text)
+        if how == "recipe":
+            res = R.train(m, patches, out_dir=tmp_path / how, epochs=2, lr=3e-3, batch_size=2, seed=3,
+                          run_key="k", weight_decay=1e-5)
+        else:
+            res = fit(m, torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=1e-5),
+                      DataLoader(patches, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(3)),
+                      step_fn=R.train_step,
+                      config=TrainConfig(out_dir=tmp_path / how, epochs=2, seed=3, progress=False, run_key="k"))
+        results.append((m.state_dict(), [{k: v for k, v in h.items() if k != "time_s"} for h in res.history]))
+    (a, hist_a), (b, hist_b) = results
+    assert hist_a == hist_b and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_paper_configuration_forward_and_backward_on_a_96_cube():
@@ -184,12 +248,8 @@ def test_notebook_paper_path_on_dataset_list_fixtures(tmp_path):
     """The chapter's `paper` path at a tiny size: NIfTI volumes in the Universal Model's layout read through its
     dataset lists (32-class template), class embeddings from a saved (C, D) tensor as txt_encoding.pth,
     training and sliding-window evaluation of both models; per-organ metrics come out."""
-    from pathlib import Path
-
-    from medmoe.papers.mome.data import write_universal_fixture
-    from medmoe.repro.runner import run_notebook
-
-    lines = write_universal_fixture(tmp_path, datasets=("09", "10_03"), cases_per_dataset=3, size=16).read_text().split("\n")
+    fixture = write_universal_fixture(tmp_path, datasets=("09", "10_03"), cases_per_dataset=3, size=16)
+    lines = fixture.read_text().split("\n")
     lines = [ln for ln in lines if ln.strip()]
     test = [ln for ln in lines if ln.startswith("09")][-1:]
     (tmp_path / "train.txt").write_text("\n".join(ln for ln in lines if ln not in test) + "\n")

@@ -1,9 +1,10 @@
-"""Tests for data_scripts/prepare_qata.py and prepare_mosmed.py: fake Kaggle trees + LViT workbooks in
-the real formats -> the Ariadne (and LViT) layouts -> the loaders; clear failures, idempotent, atomic."""
+"""Tests for data_scripts/prepare_qata.py and prepare_mosmed.py (the programs medmoe.papers.mlmoe.prepare.qata and
+.mosmed): fake Kaggle trees + LViT workbooks in the real formats -> the Ariadne (and LViT) layouts -> the loaders;
+clear failures, idempotent, atomic."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import shutil
 import zipfile
 from pathlib import Path
@@ -14,8 +15,7 @@ from openpyxl import Workbook
 from PIL import Image
 
 from medmoe.data.prepare import PREPARED_MARKER
-from medmoe.papers.mlmoe.data import LViTDataset
-from medmoe.papers.mlmoe.data import QaTaDataset
+from medmoe.papers.mlmoe.data import LViTDataset, QaTaDataset
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 32

@@ -1,12 +1,38 @@
-"""SegMoTE (Chapter 3): frozen SAM, expert tokens, MoTE routing and gradients, PPT, parameter counts, checkpoints."""
+"""SegMoTE (Chapter 3): frozen SAM, expert tokens, MoTE routing and gradients, PPT, parameter counts, checkpoints,
+the recipe's two training stages."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from medmoe.papers.segmote.model import CONFIGS, MoTE, PromptTokenizer, build_model, build_sam, load_sam_checkpoint
+from medmoe.data.phantoms import PhantomDataset2D
+from medmoe.papers.segmote import recipe as R
+from medmoe.papers.segmote.data import (
+    GROUP_A,
+    EmbeddingTasks,
+    IMISDataset,
+    IMISSegTasks,
+    MultiDatasetIMIS,
+    PhantomSegTasks,
+    cache_embeddings,
+    write_imis_layout,
+)
+from medmoe.papers.segmote.model import (
+    ALIASES,
+    CONFIGS,
+    MoTE,
+    PromptTokenizer,
+    build_model,
+    build_sam,
+    example_inputs,
+    load_sam_checkpoint,
+)
+from medmoe.repro.runner import run_notebook
 
 
 def _model(**kw):
@@ -54,10 +80,22 @@ def test_only_new_modules_are_trainable():
 def test_parameter_counts_of_the_paper_configurations():
     ppt = PromptTokenizer(dim=768, num_queries=2, num_heads=8)
     assert sum(p.numel() for p in ppt.parameters()) == 7_091_712  # the code's AttnPoolTokens; the paper: 7M
-    m = build_model("imis_like")
+    m = build_model("segmote_paper_imis")
     trainable = sum(p.numel() for p in m.trainable_parameters())
     assert trainable == 16_290_592  # MoTE side 9,198,880 + PPT; the code's unused expert_mlp/dte/dteall add 1.27M
     assert abs(trainable / 17e6 - 1) < 0.05  # Table 3: 17M learnable
+    c = R.count(m)
+    assert (c["trainable"], c["ppt"], c["mote_side"]) == (16_290_592, 7_091_712, 9_198_880)
+    assert c["sam"] == sum(p.numel() for p in m.sam.parameters()) and c["total"] == c["sam"] + c["trainable"]
+
+
+def test_old_configuration_names_are_aliases():
+    assert ALIASES == {"sam_b": "segmote_paper", "imis_like": "segmote_paper_imis"}
+    small = dict(image_size=64, encoder_depth=2, global_attn=(1,))
+    assert build_model("sam_b", **small).config == build_model("segmote_paper", **small).config
+    assert build_model("imis_like", **small).config.prompt_dim == 768
+    kwargs, shapes = example_inputs("segmote_test", batch_size=3)
+    assert kwargs["image_embeddings"].shape == (3, 32, 4, 4) and shapes["masks"] == (3, 1, 16, 16)
 
 
 @pytest.mark.parametrize("prompt", ["box", "points", "free", "free+mask"])
@@ -133,12 +171,12 @@ def test_load_sam_checkpoint_resizes_position_embeddings(tmp_path):
     big = build_sam(CONFIGS["segmote_test"].__class__(**{**CONFIGS["segmote_test"].__dict__, "image_size": 128}))
     torch.save(big.state_dict(), tmp_path / "sam.pth")
     small = build_sam(CONFIGS["segmote_test"])
-    resized = load_sam_checkpoint(small, tmp_path / "sam.pth")
+    resized = load_sam_checkpoint(small, tmp_path / "sam.pth").resized
     assert "image_encoder.pos_embed" in resized and any("rel_pos" in k for k in resized)
     assert small.image_encoder.pos_embed.shape == (1, 4, 4, 32)
     key = "mask_decoder.iou_token.weight"
     assert torch.equal(small.state_dict()[key], big.state_dict()[key])
-    m = build_model("segmote_test", sam=small)
+    m = build_model("segmote_test", backbone=small)
     assert m.encode(torch.rand(1, 3, 64, 64))[0].shape == (1, 32, 4, 4)
     with pytest.raises(FileNotFoundError, match="sam_vit_b"):
         load_sam_checkpoint(small, tmp_path / "missing.pth")
@@ -173,8 +211,7 @@ def test_bad_inputs_are_named():
 
 
 def test_prompts_from_masks():
-    from medmoe.papers.segmote.recipe import box_from_mask, point_from_mask, sample_prompts
-
+    box_from_mask, point_from_mask, sample_prompts = R.box_from_mask, R.point_from_mask, R.sample_prompts
     mask = torch.zeros(32, 32)
     mask[5:15, 8:20] = 1
     assert box_from_mask(mask).tolist() == [8.0, 5.0, 19.0, 14.0]
@@ -192,12 +229,10 @@ def test_prompts_from_masks():
 
 
 def test_sam_decode_matches_segment_anything_for_one_image():
-    from medmoe.papers.segmote.recipe import sam_decode
-
     m = _model().eval()
     emb, _ = m.encode(torch.rand(1, 3, 64, 64))
     box = torch.tensor([[4.0, 6.0, 40.0, 44.0]])
-    ours = sam_decode(m.sam, emb, boxes=box)
+    ours = R.sam_decode(m.sam, emb, boxes=box)
     sparse, dense = m.sam.prompt_encoder(None, box, None)
     ref, _ = m.sam.mask_decoder(image_embeddings=emb, image_pe=m.sam.prompt_encoder.get_dense_pe(),
                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
@@ -205,14 +240,12 @@ def test_sam_decode_matches_segment_anything_for_one_image():
 
 
 def test_phantom_tasks_step_and_evaluation():
-    from medmoe.data.phantoms import PhantomDataset2D
-    from medmoe.papers.segmote import recipe as R
-
-    tasks = R.PhantomSegTasks(PhantomDataset2D(n=5, modalities=("cxr", "ct", "mri", "us", "derm"), size=64, seed=0, channels=3))
+    tasks = PhantomSegTasks(PhantomDataset2D(n=5, modalities=("cxr", "ct", "mri", "us", "derm"), size=64, seed=0,
+                                             channels=3))
     assert {tasks.class_names[tasks[k]["class_index"]] for k in range(len(tasks))} >= {"derm/lesion", "cxr/lungs"}
     assert all(tasks[k]["mask"].sum() >= 8 for k in range(len(tasks)))
     m = _model()
-    data = R.EmbeddingTasks(tasks, R.cache_embeddings(m, tasks))
+    data = EmbeddingTasks(tasks, cache_embeddings(m, tasks))
     batch = torch.utils.data.default_collate([data[k] for k in range(len(data))])
     out = R.segmote_step(m, batch, loss_fn=R.seg_loss(), generator=torch.Generator().manual_seed(0))
     out["loss"].backward()
@@ -220,7 +253,7 @@ def test_phantom_tasks_step_and_evaluation():
     for prompt in ("box", "point", "free"):
         r = R.evaluate(m, data, prompt=prompt)
         assert 0.0 <= r["dice"] <= 1.0 and all(0 <= row["selected"] < 3 for row in r["rows"])
-    assert len(R.evaluate(m, data, prompt="free")["rows"]) == sum((t[1], t[2]) in R.GROUP_A for t in tasks.items)
+    assert len(R.evaluate(m, data, prompt="free")["rows"]) == sum((t[1], t[2]) in GROUP_A for t in tasks.items)
     with pytest.raises(ValueError, match="prompt"):
         R.evaluate(m, data, prompt="text")
 
@@ -228,15 +261,11 @@ def test_phantom_tasks_step_and_evaluation():
 def test_paper_size_step_on_imis_layout_data_with_a_sam_checkpoint(tmp_path):
     """The paper configuration offline: SAM ViT-B at 512 px, a checkpoint saved at SAM's 1024 px loaded from a local
     path (position tables resized), one item read from the IMIS-Bench layout, one SegMoTE step."""
-    import numpy as np
-
-    from medmoe.papers.segmote.data import IMISDataset, write_imis_layout
-    from medmoe.papers.segmote import recipe as R
-
     torch.manual_seed(0)
-    sam1024 = build_sam(CONFIGS["sam_b"].__class__(**{**CONFIGS["sam_b"].__dict__, "image_size": 1024}))
+    paper = CONFIGS["segmote_paper"]
+    sam1024 = build_sam(paper.__class__(**{**paper.__dict__, "image_size": 1024}))
     torch.save(sam1024.state_dict(), tmp_path / "sam_vit_b_01ec64.pth")
-    m = build_model("sam_b")
+    m = build_model("segmote_paper")
     load_sam_checkpoint(m.sam, tmp_path / "sam_vit_b_01ec64.pth")
     key = "mask_decoder.transformer.layers.0.mlp.lin1.weight"
     assert torch.equal(m.sam.state_dict()[key], sam1024.state_dict()[key])
@@ -246,8 +275,8 @@ def test_paper_size_step_on_imis_layout_data_with_a_sam_checkpoint(tmp_path):
     image[20:60, 10:50] = 200
     masks = np.zeros((1, 96, 80), np.uint8)
     masks[0, 20:60, 10:50] = 1
-    root = write_imis_layout(tmp_path / "data", "PHANTOM", [{"name": "p0", "image": image, "masks": masks, "split": "test"}],
-                             ["organ"])
+    root = write_imis_layout(tmp_path / "data", "PHANTOM",
+                             [{"name": "p0", "image": image, "masks": masks, "split": "test"}], ["organ"])
     ds = IMISDataset(root=root, split="test", size=512)
     item = ds[0]
     emb, early = m.encode(item["image"][None])
@@ -256,7 +285,8 @@ def test_paper_size_step_on_imis_layout_data_with_a_sam_checkpoint(tmp_path):
     m.train()
     out = m(emb, early, boxes=box)
     assert out.masks.shape == (1, 1, 128, 128)
-    loss = R.seg_loss()(out.masks, (F.interpolate(item["mask"][None], size=128) > 0.5).float()) + 0.01 * out.balance_loss
+    target = (F.interpolate(item["mask"][None], size=128) > 0.5).float()
+    loss = R.seg_loss()(out.masks, target) + 0.01 * out.balance_loss
     loss.backward()
     assert m.motes[-1].gate.w_gate.grad is not None and all(p.grad is None for p in m.sam.parameters())
 
@@ -264,10 +294,6 @@ def test_paper_size_step_on_imis_layout_data_with_a_sam_checkpoint(tmp_path):
 def _imis_root(tmp_path, n_train=0):
     """Two IMIS-layout folders: a two-class 'organs' set (96 x 80 images; 3 test and ``n_train`` training images) and
     a binary ISIC-like set (group A, one test image and ``n_train`` training images)."""
-    import numpy as np
-
-    from medmoe.papers.segmote.data import write_imis_layout
-
     items = []
     for i in range(3 + n_train):
         image = np.zeros((96, 80, 3), np.uint8)
@@ -290,10 +316,7 @@ def _imis_root(tmp_path, n_train=0):
 
 
 def test_imis_tasks_match_the_phantom_interface_and_are_scored_at_the_original_resolution(tmp_path):
-    from medmoe.papers.segmote.data import MultiDatasetIMIS
-    from medmoe.papers.segmote import recipe as R
-
-    tasks = R.IMISSegTasks(MultiDatasetIMIS(root=_imis_root(tmp_path), split="test", size=64))
+    tasks = IMISSegTasks(MultiDatasetIMIS(root=_imis_root(tmp_path), split="test", size=64))
     assert tasks.modalities == ("isic2018_task1", "organs") and tasks.num_images == 4
     assert tasks.class_names == ["isic2018_task1/skin_lesion", "organs/liver", "organs/spleen"]
     assert len(tasks) == 1 + 3 + 2  # one item per (image, present class)
@@ -303,7 +326,7 @@ def test_imis_tasks_match_the_phantom_interface_and_are_scored_at_the_original_r
     assert [tasks.is_group_a(k) for k in range(len(tasks))] == [True] + [False] * 5
 
     m = _model()
-    data = R.EmbeddingTasks(tasks, R.cache_embeddings(m, tasks))
+    data = EmbeddingTasks(tasks, cache_embeddings(m, tasks))
     assert data[0]["emb"].shape[0] == m.config.prompt_dim and "image" not in data[0]
     r = R.evaluate(m, data, prompt="box")
     assert len(r["rows"]) == len(tasks) and len(r["rows"][0]["confidence"]) == m.config.num_expert_tokens
@@ -317,38 +340,67 @@ def test_imis_tasks_match_the_phantom_interface_and_are_scored_at_the_original_r
             out = m(d["emb"][None], d["early"][None], boxes=R.box_from_mask(d["mask"][0])[None])
             truth = tasks.original_mask(k)
             pred = m.upscale(out.masks, size=tuple(truth.shape))[0, 0] > 0
-            per_image.setdefault(d["image_index"], []).append(2 * float((pred & truth).sum()) / (float(pred.sum() + truth.sum()) + 1e-8))
+            dice = 2 * float((pred & truth).sum()) / (float(pred.sum() + truth.sum()) + 1e-8)
+            per_image.setdefault(d["image_index"], []).append(dice)
     expected = sum(sum(v) / len(v) for v in per_image.values()) / len(per_image)
     assert r["dice"] == pytest.approx(expected, abs=1e-5)
     assert torch.isnan(r["per_class"]).sum() == 0 and len(r["per_class"]) == 3
     assert len(R.evaluate(m, data, prompt="free")["rows"]) == 1  # PPT: group-A items only
     # without a cache the frozen encoder runs per batch: same numbers, and a training step works on images
-    online = R.EmbeddingTasks(tasks, None)
+    online = EmbeddingTasks(tasks, None)
     assert "image" in online[0] and "emb" not in online[0]
     assert R.evaluate(m, online, prompt="box")["dice"] == pytest.approx(r["dice"], abs=1e-5)
     batch = torch.utils.data.default_collate([online[k] for k in range(len(online))])
-    R.segmote_step(m.train(), batch, loss_fn=R.seg_loss(), generator=torch.Generator().manual_seed(0))["loss"].backward()
+    out = R.segmote_step(m.train(), batch, loss_fn=R.seg_loss(), generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
     assert m.motes[0].gate.w_gate.grad is not None and all(q.grad is None for q in m.sam.parameters())
     with pytest.raises(ValueError, match="group-A"):
-        R.evaluate(m, R.EmbeddingTasks(R.IMISSegTasks(MultiDatasetIMIS(root=tmp_path / "hq", codes=["organs"], split="test",
-                                                                         size=64)), data.cache), prompt="free")
+        organs = IMISSegTasks(MultiDatasetIMIS(root=tmp_path / "hq", codes=["organs"], split="test", size=64))
+        R.evaluate(m, EmbeddingTasks(organs, data.cache), prompt="free")
 
 
 def test_notebook_paper_profile_wiring_on_imis_layout_data(tmp_path):
     """The chapter's `paper` path end to end at a tiny size: a SAM checkpoint from a local file, IMIS-layout folders
     for training and evaluation, no embedding cache, the milestone schedule; metrics per data set come out."""
-    from pathlib import Path
-
-    from medmoe.repro.runner import run_notebook
-
     root = _imis_root(tmp_path, n_train=4)
     torch.save(build_sam(CONFIGS["segmote_test"]).state_dict(), tmp_path / "sam.pth")
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "03_segmote.py"
     rec = run_notebook(nb, profile="smoke", out_dir=tmp_path / "out", parameters={
-        "config": "segmote_test", "sam_checkpoint": str(tmp_path / "sam.pth"), "dataset": "imis", "data_root": str(root),
-        "image_size": 64, "cache": False, "lr_milestones": "1", "epochs": 2, "batch_size": 4, "num_experts": 3,
-        "num_expert_tokens": 3})
+        "config": "segmote_test", "sam_checkpoint": str(tmp_path / "sam.pth"), "dataset": "imis",
+        "data_root": str(root), "image_size": 64, "cache": False, "lr_milestones": "1", "epochs": 2, "batch_size": 4,
+        "num_experts": 3, "num_expert_tokens": 3})
     metrics = rec["metrics"]
-    for key in ("dice_box_organs", "dice_point_organs", "dice_box_isic2018_task1", "dice_free_isic2018_task1", "dice_prompt_free"):
+    for key in ("dice_box_organs", "dice_point_organs", "dice_box_isic2018_task1", "dice_free_isic2018_task1",
+                "dice_prompt_free"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["sam_unchanged"] is True
+
+
+def test_train_both_stages_through_the_engine(tmp_path):
+    """``recipe.train``: the stand-in SAM's pretraining changes every SAM weight it trains; SegMoTE's stage trains
+    only the new modules (SAM bitwise unchanged), halves the lr at the milestones and resumes under the same key."""
+    tasks = PhantomSegTasks(PhantomDataset2D(n=4, modalities=("cxr", "derm"), size=64, seed=0, channels=3))
+    m = _model()
+    before = {k: v.clone() for k, v in m.sam.state_dict().items()}
+    res = R.train(m, tasks, stage="sam_pretrain", out_dir=tmp_path / "standin", epochs=1, lr=1e-3, batch_size=4,
+                  seed=0, run_key="k")
+    assert len(res.history) == 1 and np.isfinite(res.history[0]["train_loss"])
+    assert not torch.equal(before["mask_decoder.iou_token.weight"], m.sam.state_dict()["mask_decoder.iou_token.weight"])
+    m.freeze_sam()
+    frozen = {k: v.clone() for k, v in m.sam.state_dict().items()}
+    data = EmbeddingTasks(tasks, cache_embeddings(m, tasks))
+    res = R.train(m, data, stage="segmote", out_dir=tmp_path / "seed0", epochs=2, lr=1e-3, batch_size=4, seed=0,
+                  run_key="k", loss="focal_dice", lr_milestones=[1])
+    assert [round(h["lr"], 6) for h in res.history] == [1e-3, 5e-4]
+    assert {"train_seg", "train_balance"} <= set(res.history[0])
+    assert all(torch.equal(frozen[k], v) for k, v in m.sam.state_dict().items())
+    again = R.train(m, data, stage="segmote", out_dir=tmp_path / "seed0", epochs=2, lr=1e-3, batch_size=4, seed=0,
+                    run_key="k", loss="focal_dice", lr_milestones=[1])
+    assert again.resumed_from == 2
+    with pytest.raises(ValueError, match="unknown stage"):
+        R.train(m, data, stage="sam", out_dir=tmp_path / "x", epochs=1, lr=1e-3, batch_size=4)
+    with pytest.raises(ValueError, match="unknown loss"):
+        R.train(m, data, loss="focal", out_dir=tmp_path / "x", epochs=1, lr=1e-3, batch_size=4)
+    with pytest.raises(ValueError, match="lr_milestones"):
+        R.train(m, tasks, stage="sam_pretrain", lr_milestones=[1], out_dir=tmp_path / "x", epochs=1, lr=1e-3,
+                batch_size=4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import doctest
 import importlib.util
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from medmoe.papers.mome import data as U
 from medmoe.data.phantoms import CLASSES_3D, PhantomVolumeDataset
 from medmoe.data.sources import SOURCES
+from medmoe.papers.mome import data as U
 
 REPO = Path(__file__).resolve().parent.parent
 N = 12  # voxels per side

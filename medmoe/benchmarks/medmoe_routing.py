@@ -1,6 +1,7 @@
 """What hard routing costs: MedMoE inference with K experts against K = 1, and against computing every expert.
 
-Explained in the book: *Chapter 2, MedMoE* (Table 3, Sec. 6.2: "only one [expert] is active at inference").
+Explained in the book: *Chapter 2, MedMoE* (``chapters/02_medmoe``), section 3 "The architecture, with shapes"
+(Table 3, the paper's Sec. 6.2: "only one [expert] is active at inference").
 MedMoE's released code runs all K experts on every image and then indexes the selected one;
 :class:`medmoe.papers.medmoe.model.MedMoE` dispatches each image to its selected expert only
 (:func:`medmoe.moe.dispatch_combine`). This script times, in the paper configuration (Swin-T, 224 x 224, random
@@ -28,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from medmoe.papers.medmoe.model import build_model
+from medmoe.env import environment
 from medmoe.moe import GateOutput
+from medmoe.papers.medmoe.model import build_model
 
 
 def spread_gate(batch: int, num_experts: int) -> GateOutput:
@@ -52,8 +54,6 @@ def forward_once(model, images: torch.Tensor, gate: GateOutput) -> float:
 def run(*, batch: int = 8, repeats: int = 5, num_experts: int = 6, config: str = "medmoe_paper", seed: int = 0) -> dict:
     """Time the three variants in interleaved rounds (one pass of each per round, after one warm-up round), so a
     slow-down of the machine hits all of them alike; return the medians, their ratios and the environment."""
-    from medmoe.env import environment
-
     torch.manual_seed(seed)
     images = torch.rand(batch, 3, 224, 224)
     one = build_model(config, num_experts=1).eval()
@@ -62,7 +62,8 @@ def run(*, batch: int = 8, repeats: int = 5, num_experts: int = 6, config: str =
     dense.load_state_dict(many.state_dict())
     dense.compute_all_experts = True
     names = ("K=1", f"K={num_experts} dispatched", f"K={num_experts} all experts (released code)")
-    variants = ((one, spread_gate(batch, 1)), (many, spread_gate(batch, num_experts)), (dense, spread_gate(batch, num_experts)))
+    variants = ((one, spread_gate(batch, 1)), (many, spread_gate(batch, num_experts)),
+                (dense, spread_gate(batch, num_experts)))
     rows: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats + 1):
         for name, (model, gate) in zip(names, variants):

@@ -1,8 +1,11 @@
-"""UniMed caption tables (the image-text pairs MedMoE pretrains on) as a PyTorch data set, one sample per caption.
+"""MedMoE's data: UniMed caption tables (the image-text pairs MedMoE pretrains on) as a PyTorch data set, one
+sample per caption, and :class:`ReportDataset`, which attaches the encoded reports to any image data set.
 
-Used in the book by: *Chapter 2, MedMoE* -- pretraining pairs every image with each of its captions and with
-a modality label (the target of the router's auxiliary loss); :mod:`medmoe.papers.medmoe.evalsets` loads the
-zero-shot / linear-probe benchmarks with the same image preprocessing (:func:`load_image_rgb`).
+Used in the book by: *Chapter 2, MedMoE* (``chapters/02_medmoe``), section 1 "Data: image-report pairs with a
+modality label" -- pretraining pairs every image with each of its captions and with a modality label (the target
+of the router's auxiliary loss); section 2 "The text branch" encodes the reports once, and :class:`ReportDataset`
+hands them to the training loop. :mod:`medmoe.papers.medmoe.evalsets` loads the zero-shot / linear-probe
+benchmarks with the same image preprocessing (:func:`load_image_rgb`).
 
 **The tables** (UniMed-CLIP's processed captions, downloaded by hand from MBZUAI SharePoint; see
 ``python data_scripts/fetch.py --show unimed_captions``). MedMoE reads three of them:
@@ -63,6 +66,7 @@ __all__ = [
     "UNIMED_CAPTION_FILES",
     "RADIMAGENET_MODALITY_FOLDERS",
     "UniMedCaptions",
+    "ReportDataset",
     "modality_from_path",
     "load_image_rgb",
     "write_unimed_fixture",
@@ -118,7 +122,7 @@ def _min_max(array: np.ndarray) -> np.ndarray:
 
 def _read_dicom(path: Path) -> np.ndarray:
     """A 2-D DICOM -> ``(H, W)`` float32 in [0, 1] (min-max; MONOCHROME1 inverted)."""
-    try:
+    try:  # lazy: pydicom is optional, needed only for DICOM files
         import pydicom
     except ImportError as err:
         raise ImportError(
@@ -459,3 +463,45 @@ def write_unimed_fixture(
     csv = root / name
     pd.DataFrame(records, columns=["filename", "labels", "captions"]).to_csv(csv, index=False)
     return csv
+
+
+# --------------------------------------------------------------------------------------------------
+# Report features for pretraining
+# --------------------------------------------------------------------------------------------------
+
+
+class ReportDataset(Dataset):
+    """An image dataset with MedMoE's precomputed report features attached (what
+    :func:`medmoe.papers.medmoe.recipe.train` reads).
+
+    The text encoder is frozen, so each report is encoded once (:func:`medmoe.papers.medmoe.model.encode_reports`,
+    a :class:`~medmoe.papers.medmoe.model.ReportEmbeddings` with one report per item, in item order). Items are
+    ``image``, ``modality``, ``words (L, D)``, ``sentence (D,)``, ``cap_len`` and ``index``; the base items must
+    have ``image`` and ``modality`` (e.g. :class:`UniMedCaptions`, or the phantoms'
+    :class:`~medmoe.data.phantoms.PhantomDataset2D`).
+
+    Raises:
+        ValueError: as many encoded reports as items are needed.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> base = [{"image": torch.zeros(3, 8, 8), "modality": 1}]
+        >>> reports = SimpleNamespace(words=torch.ones(1, 4, 2), sentence=torch.ones(1, 2), cap_lens=torch.tensor([2]))
+        >>> item = ReportDataset(base, reports)[0]
+        >>> sorted(item), item["words"].shape
+        (['cap_len', 'image', 'index', 'modality', 'sentence', 'words'], torch.Size([4, 2]))
+    """
+
+    def __init__(self, dataset: Dataset, reports) -> None:
+        if len(reports.words) != len(dataset):
+            raise ValueError(f"{len(reports.words)} encoded reports for a dataset of {len(dataset)} items")
+        self.dataset, self.reports = dataset, reports
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.dataset[i]
+        r = self.reports
+        return {"image": item["image"], "modality": item["modality"], "words": r.words[i],
+                "sentence": r.sentence[i], "cap_len": r.cap_lens[i], "index": i}

@@ -1,10 +1,11 @@
 """The classification benchmarks MedMoE is evaluated on (zero-shot and linear probing), in their real file formats.
 
-Used in the book by: *Chapter 2, MedMoE* -- Table 1's zero-shot accuracies (CheXpert 5x200, RSNA pneumonia,
-thyroid and breast ultrasound, ACL and meniscus MRI, MedIMeta CT organs in three views) and the linear
-probes with 1 % / 10 % / 100 % of the labels (:func:`subsample_labels`). Every loader returns a
-:class:`ClassificationSet` whose ``classes`` are human-readable names; :data:`CLASS_PROMPTS` holds the
-sentences a zero-shot classifier embeds for each class.
+Used in the book by: *Chapter 2, MedMoE* (``chapters/02_medmoe``), section 7 "Zero-shot classification (Table 1)
+and linear probing (Table 2)", with the paper profile (:func:`medmoe.papers.medmoe.recipe.evaluate` scores them) --
+Table 1's zero-shot accuracies (CheXpert 5x200, RSNA pneumonia, thyroid and breast ultrasound, ACL and meniscus
+MRI, MedIMeta CT organs in three views) and the linear probes with 1 % / 10 % / 100 % of the labels
+(:func:`subsample_labels`). Every loader returns a :class:`ClassificationSet` whose ``classes`` are human-readable
+names; :data:`CLASS_PROMPTS` holds the sentences a zero-shot classifier embeds for each class.
 
 **Where the files come from.** MedMoE's own evaluation code is empty, so the sets follow UniMed-CLIP, whose
 processed evaluation zip (``python data_scripts/fetch.py --show unimed_clip_eval``) unpacks to one folder

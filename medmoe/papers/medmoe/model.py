@@ -1,18 +1,20 @@
 """MedMoE (Chopra et al., 2025): modality-specialised multi-scale experts in a GLoRIA-style vision-language model.
 
-Explained in the book: *Chapter 2, MedMoE*. The layout follows the released code (papers_spec section 2.1);
-each place where the paper's text says something else is a configuration switch, so both readings run:
+Explained in the book: *Chapter 2, MedMoE* (``chapters/02_medmoe``), sections 2 "The text branch: a frozen BERT
+read GLoRIA's way" and 3 "The architecture, with shapes"; section 8 "Where this chapter deviates from the paper, and
+why" lists the switches below. The layout follows the released code (papers_spec section 2.1); each place where the
+paper's text says something else is a configuration switch, so both readings run:
 
 Image branch (:class:`MedMoE`)
-    A Swin-T (:func:`medmoe.backbones.build_swin`) gives four post-merging maps ``F^(1..4)`` at H/4 ... H/32
-    (Sec. 4.2). A hard top-1 router (:class:`medmoe.moe.HardRouter`, ``768 -> 128 -> K``) on the mean of the
-    Swin's ``last_hidden_state`` picks one of ``K`` experts per image (Sec. 4.3, ``alpha = softmax(W_2 ReLU(
-    W_1 v))``, ``k* = argmax alpha``). Expert ``k`` (:class:`MultiScaleExpert`) projects each scale to the
-    common width ``D`` (1x1 Conv1d + ReLU), aligns every scale to the H/4 token count, predicts per-location
-    scale weights ``beta_k^(l)`` (an MLP ``D -> D/2 -> 1``, softmax over the 4 scales) and fuses
-    ``V_k = sum_l beta_k^(l) F_k^(l)`` (the equation of Sec. 4.3). Only the selected expert runs for each
-    image (:func:`medmoe.moe.dispatch_combine`); ``V_local = V_{k*}`` (B, D, H/4, W/4) and
-    ``v_g = mean(V_local)`` (B, D).
+    A Swin-T (:func:`medmoe.backbones.build_swin`, or a pretrained one passed as ``build_model(...,
+    backbone=...)``) gives four post-merging maps ``F^(1..4)`` at H/4 ... H/32 (Sec. 4.2). A hard top-1 router
+    (:class:`medmoe.moe.HardRouter`, ``768 -> 128 -> K``) on the mean of the Swin's ``last_hidden_state`` picks
+    one of ``K`` experts per image (Sec. 4.3, ``alpha = softmax(W_2 ReLU(W_1 v))``, ``k* = argmax alpha``).
+    Expert ``k`` (:class:`MultiScaleExpert`) projects each scale to the common width ``D`` (1x1 Conv1d + ReLU),
+    aligns every scale to the H/4 token count, predicts per-location scale weights ``beta_k^(l)`` (an MLP
+    ``D -> D/2 -> 1``, softmax over the 4 scales) and fuses ``V_k = sum_l beta_k^(l) F_k^(l)`` (the equation of
+    Sec. 4.3). Only the selected expert runs for each image (:func:`medmoe.moe.dispatch_combine`);
+    ``V_local = V_{k*}`` (B, D, H/4, W/4) and ``v_g = mean(V_local)`` (B, D).
 
     * ``router_input="image"`` (default: Fig. 2 and the code) or ``"text"`` (the text of Sec. 4.3: route on the
       report embedding ``t_g``; then the model needs ``t_g`` to encode an image, so zero-shot and linear
@@ -46,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmoe.backbones import SWIN_CONFIGS, build_swin, feature_channels, swin_features, swin_min_input_size
+from medmoe.backbones.encoders import _check_texts
 from medmoe.moe import GateOutput, HardRouter, dispatch_combine
 from medmoe.utils import check_rank, resolve_config
 
@@ -53,6 +57,7 @@ __all__ = [
     "MedMoEConfig",
     "CONFIGS",
     "build_model",
+    "example_inputs",
     "MultiScaleExpert",
     "MedMoE",
     "ImageEmbeddings",
@@ -73,8 +78,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class MedMoEConfig:
     """Everything that defines a MedMoE image branch; configurations are data (see :data:`CONFIGS`).
 
+    Explained in the book: Chapter 2, section 3 "The architecture, with shapes" (and section 8 for the switches).
+
     Attributes:
-        backbone: a Swin name of :data:`medmoe.backbones.SWIN_CONFIGS`.
+        swin: the Swin's configuration name in :data:`medmoe.backbones.SWIN_CONFIGS` (the random Swin that
+            :class:`MedMoE` builds when no ``backbone`` module is injected).
         image_size: images are resized (bicubic) to this side before the Swin, as the HF processor does.
         num_experts: K (6 in the code: one per UniMed modality label).
         width: D, the experts' output width; equals the text width (768 for Bio_ClinicalBERT), since the
@@ -86,7 +94,7 @@ class MedMoEConfig:
         aux_on: ``"logits"`` or ``"probs"`` (code's double softmax).
     """
 
-    backbone: str = "swin-tiny"
+    swin: str = "swin-tiny"
     image_size: int = 224
     num_experts: int = 6
     width: int = 768
@@ -97,10 +105,8 @@ class MedMoEConfig:
     aux_on: str = "logits"
 
     def __post_init__(self) -> None:
-        from medmoe.backbones import SWIN_CONFIGS
-
-        if self.backbone not in SWIN_CONFIGS:
-            raise ValueError(f"unknown backbone {self.backbone!r}: use one of {sorted(SWIN_CONFIGS)}")
+        if self.swin not in SWIN_CONFIGS:
+            raise ValueError(f"unknown swin {self.swin!r}: use one of {sorted(SWIN_CONFIGS)}")
         for name in ("image_size", "num_experts", "width", "router_hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -116,27 +122,16 @@ CONFIGS: dict[str, MedMoEConfig] = {
     # The paper / released code: Swin-T at 224, 6 experts, Bio_ClinicalBERT's 768-d.
     "medmoe_paper": MedMoEConfig(),
     # The quick profile: a small Swin at 64 px, one expert per phantom modality, the packaged MiniLM's 384-d.
-    "medmoe_quick": MedMoEConfig(backbone="swin-quick", image_size=64, num_experts=5, width=384, router_hidden=64),
-    # Unit tests.
-    "medmoe_test": MedMoEConfig(backbone="swin-test", image_size=64, num_experts=3, width=32, router_hidden=16),
+    "medmoe_quick": MedMoEConfig(swin="swin-quick", image_size=64, num_experts=5, width=384, router_hidden=64),
+    # Unit tests and the contract test (tests/test_contract.py).
+    "medmoe_test": MedMoEConfig(swin="swin-test", image_size=64, num_experts=3, width=32, router_hidden=16),
 }
-
-
-def build_model(name: str | MedMoEConfig = "medmoe_paper", *, swin: nn.Module | None = None, **overrides) -> MedMoE:
-    """A :class:`MedMoE` from a name of :data:`CONFIGS` (or a config), with fields overridden by keyword.
-
-    ``swin`` passes an existing ``SwinModel`` (e.g. pretrained, with MedCLIP weights); by default a random one.
-
-    Example:
-        >>> m = build_model("medmoe_test", align="bilinear2d")
-        >>> m.config.num_experts, m.config.align
-        (3, 'bilinear2d')
-    """
-    return MedMoE(config=resolve_config(name, CONFIGS, overrides, what="MedMoE"), backbone=swin)
 
 
 class MultiScaleExpert(nn.Module):
     """One MedMoE expert: per-scale projection, alignment and cross-scale attention (Sec. 4.3, eq. for V_k).
+
+    Explained in the book: Chapter 2, section 3 "The architecture, with shapes".
 
     For each scale ``l``: a 1x1 ``Conv1d(C_l -> D)`` + ReLU on the token sequence gives ``F_k^(l)``, which is
     aligned to the finest scale's ``P_0`` tokens; the scale attention ``Linear(D -> D/2), ReLU,
@@ -197,6 +192,8 @@ class MultiScaleExpert(nn.Module):
 class ImageEmbeddings(NamedTuple):
     """What :class:`MedMoE` computes for a batch of images.
 
+    Explained in the book: Chapter 2, section 3 "The architecture, with shapes".
+
     Attributes:
         global_: ``v_g`` ``(B, D)``, the mean of the selected expert's tokens.
         local: ``V_local`` ``(B, D, H/4, W/4)``.
@@ -215,6 +212,9 @@ class ImageEmbeddings(NamedTuple):
 class MedMoE(nn.Module):
     """MedMoE's image branch: Swin-T, hard-routed multi-scale experts, global and local embeddings.
 
+    Explained in the book: Chapter 2, section 3 "The architecture, with shapes" (the router's specialisation:
+    section 5 "Does the router follow the modality?").
+
     ``forward_features`` runs the Swin (maps + pooled routing feature), ``route`` the router,
     ``forward_head`` the selected experts; ``forward`` chains them. Images are ``(B, 3, H, W)`` (or 1
     channel, repeated) in [0, 1]; they are resized to ``config.image_size`` and normalised with the
@@ -223,7 +223,7 @@ class MedMoE(nn.Module):
     Args:
         config: a :class:`MedMoEConfig`.
         backbone: an existing ``SwinModel`` (e.g. pretrained, or loaded with
-            :func:`medmoe.backbones.load_medclip_swin`); by default a random one of ``config.backbone``.
+            :func:`medmoe.backbones.load_medclip_swin`); by default a random one of ``config.swin``.
 
     Example:
         >>> m = build_model("medmoe_test")
@@ -234,10 +234,11 @@ class MedMoE(nn.Module):
 
     def __init__(self, *, config: MedMoEConfig, backbone: nn.Module | None = None) -> None:
         super().__init__()
-        from medmoe.backbones import build_swin, feature_channels, swin_min_input_size
-
+        if backbone is not None and not isinstance(backbone, nn.Module):
+            raise ValueError(f"backbone must be a SwinModel module (e.g. from medmoe.backbones.build_swin), got "
+                             f"{type(backbone).__name__}; name a random Swin's configuration with swin=...")
         self.config = config
-        self.backbone = backbone if backbone is not None else build_swin(config.backbone)
+        self.backbone = backbone if backbone is not None else build_swin(config.swin)
         self.in_widths = tuple(feature_channels(self.backbone))
         if config.image_size < swin_min_input_size(self.backbone):
             raise ValueError(f"image_size={config.image_size} is too small for this Swin (at least "
@@ -270,8 +271,6 @@ class MedMoE(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The four Swin maps (finest first) and the pooled routing feature ``mean(last_hidden_state)``."""
-        from medmoe.backbones import swin_features
-
         maps, last = swin_features(self.backbone, self.preprocess(images), return_last=True)
         return maps, last.mean(dim=1)
 
@@ -320,8 +319,49 @@ class MedMoE(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"backbone={c.backbone!r}, image_size={c.image_size}, num_experts={c.num_experts}, width={c.width}, "
+        return (f"swin={c.swin!r}, image_size={c.image_size}, num_experts={c.num_experts}, width={c.width}, "
                 f"align={c.align!r}, router_input={c.router_input!r}, compute_all_experts={self.compute_all_experts}")
+
+
+def build_model(name: str | MedMoEConfig = "medmoe_paper", *, backbone: nn.Module | None = None,
+                **overrides) -> MedMoE:
+    """A :class:`MedMoE` from a name of :data:`CONFIGS` (or a config), with fields overridden by keyword.
+
+    ``backbone`` injects an existing ``SwinModel`` (e.g. pretrained, with MedCLIP weights:
+    :func:`medmoe.papers.medmoe.recipe.build` loads them); by default a random one of the configuration's ``swin``.
+
+    Raises:
+        ValueError: an unknown name or field, an invalid value, or a ``backbone`` that is not a Swin.
+
+    Example:
+        >>> m = build_model("medmoe_test", align="bilinear2d")
+        >>> m.config.num_experts, m.config.align
+        (3, 'bilinear2d')
+    """
+    return MedMoE(config=resolve_config(name, CONFIGS, overrides, what="MedMoE"), backbone=backbone)
+
+
+def example_inputs(name: str | MedMoEConfig = "medmoe_test", *, batch_size: int = 2
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    """A random batch for ``build_model(name)`` and the output shapes it must give (the contract test,
+    ``tests/test_contract.py``, runs every paper's ``_test`` configuration through this).
+
+    Returns:
+        ``(kwargs for forward, {output field: expected shape})``; the first field (``global_``, ``v_g``) is the one
+        to backpropagate. With ``router_input="text"`` the kwargs carry a report embedding ``text_global`` too.
+
+    Example:
+        >>> kwargs, shapes = example_inputs("medmoe_test")
+        >>> build_model("medmoe_test")(**kwargs).local.shape == shapes["local"]
+        True
+    """
+    cfg = resolve_config(name, CONFIGS, {}, what="MedMoE")
+    b, side = batch_size, cfg.image_size // 4
+    kwargs = {"images": torch.rand(b, 3, cfg.image_size, cfg.image_size)}
+    if cfg.router_input == "text":
+        kwargs["text_global"] = torch.randn(b, cfg.width)
+    return kwargs, {"global_": (b, cfg.width), "local": (b, cfg.width, side, side),
+                    "scale_weights": (b, side * side, 4), "counts": (cfg.num_experts,)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -331,6 +371,8 @@ class MedMoE(nn.Module):
 
 class ReportEmbeddings(NamedTuple):
     """GLoRIA-style report features.
+
+    Explained in the book: Chapter 2, section 2 "The text branch: a frozen BERT read GLoRIA's way".
 
     Attributes:
         words: ``T`` ``(B, L, D)``: ``[CLS]``, one vector per word (its pieces summed), ``[SEP]``, then zeros.
@@ -410,8 +452,6 @@ def encode_reports(encoder, texts, *, batch_size: int = 64) -> ReportEmbeddings:
         >>> tuple(r.words.shape), tuple(r.sentence.shape), r.cap_lens.tolist()
         ((2, 10, 32), (2, 32), [6, 4])
     """
-    from medmoe.backbones.encoders import _check_texts
-
     texts = _check_texts(texts)
     if getattr(encoder, "layers", None) != "sum_last4":
         raise ValueError("MedMoE reads the sum of the last four layers: build the encoder with layers='sum_last4'")

@@ -1,4 +1,16 @@
-"""MedMoE's losses, pretraining step and evaluation (book: *Chapter 2, MedMoE*).
+"""MedMoE's recipe: the losses, the pretraining step and the four verbs (build, train, evaluate, count).
+
+Explained in the book: *Chapter 2, MedMoE* (``chapters/02_medmoe``), sections 4 "Pretraining: global + local
+contrast and the auxiliary loss", 5 "Does the router follow the modality?", 6 "What the words attend to" and 7
+"Zero-shot classification (Table 1) and linear probing (Table 2)"; the cost of Table 3 is in section 3. The same
+four verbs as every paper's recipe:
+
+* :func:`build` -- the model (:func:`medmoe.papers.medmoe.model.build_model`), optionally with a pretrained Swin
+  and MedCLIP's weights;
+* :func:`train` -- pretraining with :func:`medmoe.engine.train_loop` (the released code's optimiser, schedule,
+  clipping and early stopping), one step of :func:`pretrain_step` per batch;
+* :func:`evaluate` -- image embeddings and routing, zero-shot, linear-probe and retrieval numbers;
+* :func:`count` -- parameter counts (:func:`cost` adds Table 3's FLOPs).
 
 Losses (MedMoE Sec. 4.4-4.6 as the released code computes them, which is GLoRIA's code; papers_spec 2.2):
 
@@ -15,13 +27,15 @@ Losses (MedMoE Sec. 4.4-4.6 as the released code computes them, which is GLoRIA'
   ``L_global + L_local + lambda L_aux`` with lambda = 4, scaled by 0.5.
 
 Evaluation (absent from the released code; papers_spec 2.4's proposal): zero-shot classification by the cosine
-of ``v_g`` with ``t_g`` of each class prompt (``similarity="local"`` or ``"both"`` add GLoRIA's local score);
+of ``v_g`` with ``t_g`` of each class prompt (and, beside it, by GLoRIA's local score, :func:`local_similarity`);
 linear probing of a logistic regression on frozen ``v_g`` with a fraction of the training labels; image-report
-retrieval recall@K.
+retrieval recall@K. The datasets (:class:`~medmoe.papers.medmoe.data.ReportDataset`, the UniMed tables and the
+evaluation sets) live in :mod:`medmoe.papers.medmoe.data` and :mod:`medmoe.papers.medmoe.evalsets`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,14 +43,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from medmoe.utils import check_rank
+from medmoe.backbones import build_swin, load_medclip_swin
+from medmoe.engine import FitResult, TrainConfig, make_loader, train_loop
+from medmoe.moe import contingency, normalized_mutual_information
+from medmoe.papers.medmoe.data import ReportDataset
+from medmoe.papers.medmoe.evalsets import subsample_labels
+from medmoe.papers.medmoe.model import CONFIGS, MedMoE, MedMoEConfig, ReportEmbeddings, build_model
+from medmoe.utils import check_rank, count_parameters, resolve_config
 
 __all__ = [
     "Temperatures", "LossWeights", "gloria_attention", "global_similarity", "local_similarity",
-    "global_contrastive_loss", "local_contrastive_loss", "ReportDataset", "pretrain_step", "pretrain",
-    "embed_images", "zero_shot_predict", "linear_probe", "retrieval_recall", "word_attention",
+    "global_contrastive_loss", "local_contrastive_loss", "pretrain_step", "embed_images", "zero_shot_predict",
+    "prompt_class_scores", "linear_probe", "retrieval_recall", "word_attention", "build", "train", "evaluate",
+    "count", "cost",
 ]
 
 
@@ -59,7 +81,8 @@ class LossWeights:
     aux: float = 2.0
 
 
-def gloria_attention(words: torch.Tensor, regions: torch.Tensor, temp1: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+def gloria_attention(words: torch.Tensor, regions: torch.Tensor,
+                     temp1: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Word-to-region attention and the attended context (MedMoE Sec. 4.4, ``a_ij`` and ``c_i``; GLoRIA's code).
 
     The code's order of operations: ``s = regions^T words`` (B, M, W); softmax over the words; then ``x temp1`` and
@@ -151,29 +174,6 @@ def local_contrastive_loss(local: torch.Tensor, words: torch.Tensor, cap_lens: t
     return _two_way_ce(local_similarity(local, words, cap_lens, temps) * temps.temp3)
 
 
-class ReportDataset(Dataset):
-    """An image dataset with MedMoE's precomputed report features attached.
-
-    The text encoder is frozen, so each report is encoded once (:func:`medmoe.papers.medmoe.model.encode_reports`).
-    Items gain ``words (L, D)``, ``sentence (D,)`` and ``cap_len``; the base items must have ``image`` and
-    ``modality``.
-    """
-
-    def __init__(self, dataset: Dataset, reports) -> None:
-        if len(reports.words) != len(dataset):
-            raise ValueError(f"{len(reports.words)} encoded reports for a dataset of {len(dataset)} items")
-        self.dataset, self.reports = dataset, reports
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.dataset[i]
-        r = self.reports
-        return {"image": item["image"], "modality": item["modality"], "words": r.words[i],
-                "sentence": r.sentence[i], "cap_len": r.cap_lens[i], "index": i}
-
-
 def pretrain_step(model, batch, *, weights: LossWeights = LossWeights(), temps: Temperatures = Temperatures()
                   ) -> dict[str, torch.Tensor]:
     """One MedMoE pretraining step (Sec. 4.6): global + local + auxiliary losses, weighted as the code."""
@@ -187,41 +187,15 @@ def pretrain_step(model, batch, *, weights: LossWeights = LossWeights(), temps: 
             "router_acc": agree}
 
 
-def pretrain(model, train_ds, val_ds, *, out_dir, epochs: int, lr: float = 5e-5, batch_size: int = 32, seed: int = 0,
-             grad_accum_steps: int = 1, max_grad_norm: float | None = 0.25, patience: int | None = 20,
-             weights: LossWeights = LossWeights(), temps: Temperatures = Temperatures(), progress: bool = False,
-             resume: bool = True, run_key: str | None = None, max_steps_per_epoch: int | None = None):
-    """Pretrain with :func:`medmoe.engine.fit` as the released code: Adam (weight decay 0),
-    ReduceLROnPlateau(factor 0.1, patience 10) on ``val_loss`` per epoch, gradient clipping 0.25, early stopping
-    (patience 20) on ``val_loss``, DDP with ``find_unused_parameters`` (unselected experts get no gradient).
-    The paper profile: ``lr=5e-5``, 32 per GPU on 8 GPUs, ``grad_accum_steps=10``, 10 epochs."""
-    from torch.utils.data import DataLoader
-
-    from medmoe.engine import TrainConfig, fit
-
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=10)
-    cfg = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume,
-                      grad_accum_steps=grad_accum_steps, max_grad_norm=max_grad_norm, early_stopping_patience=patience,
-                      scheduler_interval="epoch", monitor="val_loss", run_key=run_key, find_unused_parameters=True,
-                      max_steps_per_epoch=max_steps_per_epoch)
-    g = torch.Generator().manual_seed(seed)
-    return fit(model, opt, DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=g, drop_last=True),
-               step_fn=lambda m, b: pretrain_step(m, b, weights=weights, temps=temps),
-               val_loader=DataLoader(val_ds, batch_size=batch_size), config=cfg, scheduler=sched)
-
-
 @torch.no_grad()
 def embed_images(model, dataset, *, batch_size: int = 64, keep_local: bool = False) -> dict[str, torch.Tensor]:
     """Encode every image of ``dataset`` in eval mode: ``global (N, D)``, ``expert (N,)`` (the router's choice),
     ``label``/``modality`` (N,) when the items have them, ``local (N, D, h, w)`` with ``keep_local``."""
-    from torch.utils.data import DataLoader
-
     was = model.training
     model.eval()
     device = next(model.parameters()).device
     out: dict[str, list] = {"global": [], "expert": [], "local": [], "label": [], "modality": []}
-    for batch in DataLoader(dataset, batch_size=batch_size):
+    for batch in make_loader(dataset, batch_size):
         emb = model(batch["image"].to(device))
         out["global"].append(emb.global_.cpu())
         out["expert"].append(emb.gate.indices[:, 0].cpu())
@@ -243,17 +217,38 @@ def zero_shot_predict(image_global: torch.Tensor, prompt_global: torch.Tensor) -
     return global_similarity(image_global, prompt_global).argmax(dim=1)
 
 
+def prompt_class_scores(similarity: torch.Tensor, prompt_class: torch.Tensor | Sequence[int], *,
+                        num_classes: int | None = None) -> torch.Tensor:
+    """Per-class zero-shot scores ``(N, C)`` from image-prompt similarities ``(N, P)``: the mean over each class's
+    prompts (``prompt_class[p]`` is the class of prompt ``p``), how the chapter scores prompt ensembles.
+
+    Example:
+        >>> prompt_class_scores(torch.tensor([[1.0, 3.0, 0.0]]), [0, 0, 1]).tolist()
+        [[2.0, 0.0]]
+    """
+    check_rank(similarity, 2, "similarity")
+    owner = torch.as_tensor(prompt_class, device=similarity.device)
+    if owner.shape != (similarity.shape[1],):
+        raise ValueError(f"prompt_class must give one class per prompt ({similarity.shape[1]}), got shape "
+                         f"{tuple(owner.shape)}")
+    n = int(owner.max()) + 1 if num_classes is None else num_classes
+    empty = [c for c in range(n) if not bool((owner == c).any())]
+    if empty:
+        raise ValueError(f"classes {empty} have no prompt")
+    return torch.stack([similarity[:, owner == c].mean(1) for c in range(n)], 1)
+
+
 def linear_probe(train_x: torch.Tensor, train_y: Sequence[int], test_x: torch.Tensor, test_y: Sequence[int], *,
-                 fractions: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0, max_iter: int = 2000) -> dict[float, float]:
+                 fractions: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0,
+                 max_iter: int = 2000) -> dict[float, float]:
     """Linear probing (MedMoE Table 2): a logistic regression on frozen features, trained on a stratified
     ``fraction`` of the training labels (at least one per class), scored by accuracy on the test set.
 
     Features are standardised with the statistics of the labelled subset. Returns ``{fraction: accuracy}``.
     """
+    # lazy: scikit-learn takes seconds to import and only the linear probe needs it
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    from medmoe.papers.medmoe.evalsets import subsample_labels
+    from sklearn.preprocessing import StandardScaler  # lazy: as the line above
 
     train_x, test_x = np.asarray(train_x, dtype=np.float64), np.asarray(test_x, dtype=np.float64)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
@@ -317,3 +312,160 @@ def word_attention(model, image: torch.Tensor, report, *, index: int = 0,
     names = report.words_text[index][1:n + 1]
     keep = [i for i, w in enumerate(names) if w != "[SEP]"]
     return [names[i] for i in keep], attn[0, keep].cpu(), int(emb.gate.indices[0, 0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The four verbs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build(name: str | MedMoEConfig = "medmoe_paper", *, backbone: nn.Module | None = None,
+          swin_weights: str | os.PathLike | None = None, medclip_checkpoint: str | os.PathLike | None = None,
+          **overrides) -> MedMoE:
+    """:func:`~medmoe.papers.medmoe.model.build_model`, with the Swin initialised as the paper profile does it.
+
+    ``swin_weights`` (a local folder of ``microsoft/swin-tiny-patch4-window7-224``) initialises the Swin
+    (:func:`medmoe.backbones.build_swin`'s ``pretrained``); ``medclip_checkpoint`` (MedCLIP's ``pytorch_model.bin``
+    or its folder) then overwrites it with MedCLIP's vision tower (:func:`medmoe.backbones.load_medclip_swin`, which
+    warns about missing keys). Without either, or with an explicit ``backbone``, it is ``build_model``.
+
+    Raises:
+        ValueError: ``backbone`` together with ``swin_weights`` or ``medclip_checkpoint``; anything
+            ``build_model`` refuses.
+
+    Example:
+        >>> build("medmoe_test", num_experts=2).config.num_experts
+        2
+    """
+    if swin_weights or medclip_checkpoint:
+        if backbone is not None:
+            raise ValueError("give either a backbone or swin_weights / medclip_checkpoint to build one, not both")
+        cfg = resolve_config(name, CONFIGS, overrides, what="MedMoE")
+        backbone = build_swin(cfg.swin, pretrained=swin_weights or None)
+        if medclip_checkpoint:
+            load_medclip_swin(backbone, medclip_checkpoint)
+    return build_model(name, backbone=backbone, **overrides)
+
+
+def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any, epochs: int, lr: float,
+          batch_size: int, seed: int = 0, run_key: str | None = None, grad_accum_steps: int = 1,
+          max_grad_norm: float | None = 0.25, patience: int | None = 20, weights: LossWeights = LossWeights(),
+          temps: Temperatures = Temperatures(), progress: bool = False, resume: bool = True,
+          max_steps_per_epoch: int | None = None) -> FitResult:
+    """Pretrain MedMoE (its one training stage) with :func:`medmoe.engine.train_loop`, as the released code:
+    Adam (weight decay 0), ReduceLROnPlateau (factor 0.1, patience 10) on ``val_loss`` per epoch, gradient clipping
+    0.25, early stopping (``patience`` 20) on ``val_loss``, DDP with ``find_unused_parameters`` (unselected experts
+    get no gradient), the last incomplete training batch dropped, validation in batches of ``batch_size`` (the
+    contrastive losses depend on the batch). Without ``val_set`` the training loss takes ``val_loss``'s place.
+
+    ``train_set`` and ``val_set`` are :class:`~medmoe.papers.medmoe.data.ReportDataset` s. The paper profile:
+    ``lr=5e-5``, 32 per GPU on 8 GPUs, ``grad_accum_steps=10``, 10 epochs.
+    """
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=10)
+    config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume,
+                         grad_accum_steps=grad_accum_steps, max_grad_norm=max_grad_norm,
+                         early_stopping_patience=patience, scheduler_interval="epoch",
+                         monitor="val_loss" if val_set is not None else "train_loss", run_key=run_key,
+                         find_unused_parameters=True, max_steps_per_epoch=max_steps_per_epoch)
+    return train_loop(model, opt, train_set, step_fn=lambda m, b: pretrain_step(m, b, weights=weights, temps=temps),
+                      config=config, batch_size=batch_size, val_set=val_set, val_batch_size=batch_size,
+                      scheduler=sched, drop_last=True)
+
+
+@torch.no_grad()
+def evaluate(model: MedMoE, data: Any, *, batch_size: int = 64, prompts: ReportEmbeddings | None = None,
+             prompt_class: torch.Tensor | Sequence[int] | None = None, probe_train: Any = None,
+             fractions: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0, reports: ReportEmbeddings | None = None,
+             groups: Sequence[Any] | None = None, ks: Sequence[int] = (1, 5, 10), keep_local: bool = False,
+             temps: Temperatures = Temperatures()) -> dict[str, Any]:
+    """Embed every image of ``data`` (:func:`embed_images`) and compute the chapter's numbers on it.
+
+    Args:
+        data: items with ``image`` and, as the numbers need them, ``modality`` and ``label``.
+        prompts: encoded class prompts (:func:`~medmoe.papers.medmoe.model.encode_reports`) for zero-shot
+            classification of ``label``; ``prompt_class`` gives each prompt's class (default: prompt ``p`` is class
+            ``p``). A class's score is the mean over its prompts (:func:`prompt_class_scores`).
+        probe_train: a labelled training set for the linear probe (:func:`linear_probe` with ``fractions`` and
+            ``seed``), tested on ``data``.
+        reports: the reports paired with ``data``'s images (image i with report i) for retrieval; by default
+            ``data.reports`` when ``data`` is a :class:`~medmoe.papers.medmoe.data.ReportDataset`. ``groups`` and
+            ``ks`` go to :func:`retrieval_recall`.
+        keep_local: also return ``local``.
+
+    Returns:
+        :func:`embed_images`' ``global``, ``expert``, ``label``/``modality`` (and ``local``), plus, as the inputs
+        allow: ``router_agreement`` (the share of images sent to their modality's most frequent expert) and
+        ``router_nmi`` (:func:`medmoe.moe.normalized_mutual_information` of expert and modality);
+        ``zero_shot_global`` and ``zero_shot_local`` (accuracies by :func:`global_similarity` and GLoRIA's
+        :func:`local_similarity`); ``linear_probe`` (``{fraction: accuracy}``); ``retrieval`` (recall@K).
+
+    Raises:
+        ValueError: prompts or a probe for items without ``label``.
+    """
+    emb = embed_images(model, data, batch_size=batch_size, keep_local=keep_local or prompts is not None)
+    out: dict[str, Any] = dict(emb)
+    if "modality" in emb:
+        table = contingency(emb["modality"], emb["expert"], num_b=model.config.num_experts)
+        out["router_agreement"] = float(table.max(dim=1).values.sum() / table.sum())
+        out["router_nmi"] = float(normalized_mutual_information(emb["expert"], emb["modality"]))
+    if (prompts is not None or probe_train is not None) and "label" not in emb:
+        raise ValueError("zero-shot classification and the linear probe need items with a 'label'")
+    if prompts is not None:
+        owner = torch.arange(len(prompts.sentence)) if prompt_class is None else torch.as_tensor(prompt_class)
+        device = next(model.parameters()).device
+        sims = {"global": global_similarity(emb["global"], prompts.sentence.to(emb["global"])),
+                "local": local_similarity(emb["local"].to(device), prompts.words.to(device), prompts.cap_lens,
+                                          temps).cpu()}
+        for name, sim in sims.items():
+            pred = prompt_class_scores(sim, owner).argmax(1)
+            out[f"zero_shot_{name}"] = float((pred == emb["label"]).float().mean())
+        if not keep_local:
+            del out["local"]
+    if probe_train is not None:
+        tr = embed_images(model, probe_train, batch_size=batch_size)
+        out["linear_probe"] = linear_probe(tr["global"], tr["label"].tolist(), emb["global"], emb["label"].tolist(),
+                                           fractions=fractions, seed=seed)
+    if reports is None and isinstance(data, ReportDataset):
+        reports = data.reports
+    if reports is not None:
+        sim = global_similarity(emb["global"], reports.sentence.to(emb["global"]))
+        out["retrieval"] = retrieval_recall(sim, ks=ks, groups=groups)
+    return out
+
+
+def count(model: MedMoE) -> dict[str, int]:
+    """Parameters: ``total``, ``trainable``, ``backbone`` (the Swin), ``router``, ``experts`` (all of them) and
+    ``one_expert`` (Table 3 counts all experts; one runs per image).
+
+    Example:
+        >>> c = count(build("medmoe_test"))
+        >>> c["total"] == c["backbone"] + c["router"] + c["experts"], c["experts"] == 3 * c["one_expert"]
+        (True, True)
+    """
+    return {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True),
+            "backbone": count_parameters(model.backbone), "router": count_parameters(model.router),
+            "experts": count_parameters(model.experts), "one_expert": count_parameters(model.experts[0])}
+
+
+@torch.no_grad()
+def cost(model: MedMoE) -> dict[str, float]:
+    """Table 3's cost: parameters in millions (:func:`count`) and multiply-accumulates in G of one random image at
+    ``config.image_size`` with one expert active, by ``torch.utils.flop_counter`` (which counts two FLOPs per
+    multiply-accumulate; Table 3's "GFLOPs" are MACs, the convention behind the usual 4.5 G of Swin-T).
+
+    Returns:
+        ``backbone_params_m``, ``router_params_m``, ``expert_params_m`` (one expert), ``params_m`` (all),
+        ``backbone_gmacs`` (the Swin) and ``gmacs`` (the whole model).
+    """
+    was = model.training
+    model.eval()
+    size = model.config.image_size
+    with FlopCounterMode(display=False) as fc:
+        model(torch.rand(1, 3, size, size, device=next(model.parameters()).device))
+    model.train(was)
+    backbone = sum(fc.get_flop_counts().get(f"{type(model).__name__}.backbone", {}).values())
+    n = count(model)
+    return {"backbone_params_m": n["backbone"] / 1e6, "router_params_m": n["router"] / 1e6,
+            "expert_params_m": n["one_expert"] / 1e6, "params_m": n["total"] / 1e6,
+            "backbone_gmacs": backbone / 2e9, "gmacs": fc.get_total_flops() / 2e9}

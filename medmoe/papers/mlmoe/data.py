@@ -1,12 +1,14 @@
-"""The QaTa-COV19 folder layout (as read by Ariadne's Thread / LanGuideMedSeg, texts from LViT): write
-phantoms in it, and load it back -- one loader for the phantoms and for the real data.
+"""MLMoE's data: the QaTa-COV19 folder layout (as read by Ariadne's Thread / LanGuideMedSeg, texts from LViT),
+LViT's layout, and the task datasets the recipe trains on.
 
-Explained in the book: the text-guided segmentation chapters (*Ariadne's Thread* and the MoE variants
-built on it) train on ``QaTaDataset``; with no download they read phantoms written by
-:func:`write_qata_layout`, and with the real QaTa-COV19 set unpacked in the same layout nothing else
-changes. ``data_scripts/prepare_qata.py`` and ``data_scripts/prepare_mosmed.py`` arrange the
-downloaded QaTa-COV19 and MosMedData+ files in this layout; the second half of this module reads LViT's own
-layout with the same item format and preprocessing.
+Explained in the book: *Chapter 1, MLMoE* (``chapters/01_mlmoe``), section 1 "Data: one loader for the phantoms
+and QaTa-COV19" and section 2 "The frozen text encoder, run once". The chapter trains on ``QaTaDataset``; with no
+download it reads phantoms written by :func:`prepare_phantom_qata` (:func:`write_qata_layout`), and with the real
+QaTa-COV19 set unpacked in the same layout nothing else changes. :mod:`medmoe.papers.mlmoe.prepare` (the programs
+behind ``data_scripts/prepare_qata.py`` and ``data_scripts/prepare_mosmed.py``) arranges the downloaded QaTa-COV19
+and MosMedData+ files in this layout; the second part of this module reads LViT's own layout with the same item
+format and preprocessing; the third holds the task datasets (:class:`TextFeatureDataset`, :func:`with_text`,
+:class:`TeacherDataset`).
 
 Layout::
 
@@ -35,8 +37,8 @@ items as :class:`QaTaDataset`.
 MLMoE trains and tests on QaTa-COV19 and MosMedData+ with
 LViT's text annotations; :class:`LViTDataset` reads LViT's own layout with the same items and the same
 preprocessing as :class:`~medmoe.papers.mlmoe.data.QaTaDataset` (the code is shared), and
-``data_scripts/prepare_qata.py`` / ``data_scripts/prepare_mosmed.py`` use the helpers at the end of
-this module to turn the Kaggle downloads plus LViT's workbooks into either layout.
+:mod:`medmoe.papers.mlmoe.prepare` uses the table and pairing helpers of this module to turn the Kaggle downloads
+plus LViT's workbooks into either layout.
 
 Layout (one per data set, e.g. ``datasets/QaTa-Covid19`` or ``datasets/MosMedDataPlus``)::
 
@@ -77,6 +79,10 @@ Example:
     2
     >>> len(LViTDataset(root=root, split="val", size=32, split_policy="lvit"))
     5
+
+**Task datasets** (the third part). The text encoder and, in the text-absent stage, the text-present model are
+frozen, so their outputs are computed once and carried by the items: :func:`with_text` adds each report's
+encoded tokens (``text_features``), :class:`TeacherDataset` the teacher's fused features (``teacher``).
 """
 
 from __future__ import annotations
@@ -92,7 +98,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+
+from medmoe.backbones import TextEncoder, encode_cached
+from medmoe.data.phantoms import PhantomDataset2D
 
 __all__ = [
     # the QaTa-COV19 (Ariadne) layout
@@ -101,6 +110,8 @@ __all__ = [
     "LVIT_SPLIT_FOLDERS", "LVIT_TABLE_STEMS", "SPLIT_POLICIES", "MASK_NAME_RULES", "LVIT_DATASETS", "IMAGE_SUFFIXES",
     "LViTDataset", "write_lvit_layout", "find_text_table", "read_text_table", "write_text_table",
     "image_name_candidates", "TextRow", "match_images",
+    # the task datasets of Chapter 1
+    "prepare_phantom_qata", "TextFeatureDataset", "with_text", "TeacherDataset",
 ]
 
 SPLIT_FOLDERS: dict[str, str] = {"train": "Train", "val": "Train", "test": "Test"}
@@ -118,7 +129,7 @@ _Record = tuple[Path, Path, str, str]
 
 
 # --------------------------------------------------------------------------------------------------
-# Shared helpers (also used by medmoe.papers.mlmoe.data and the data_scripts/prepare_*.py scripts)
+# Shared helpers (also used by medmoe.papers.mlmoe.prepare, behind the data_scripts/prepare_*.py scripts)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -255,7 +266,7 @@ def _load_pair(
 
 
 class _TextMaskDataset(Dataset):
-    """Base of :class:`QaTaDataset` and :class:`medmoe.papers.mlmoe.data.LViTDataset`: items from ``records``.
+    """Base of :class:`QaTaDataset` and :class:`LViTDataset`: items from ``records``.
 
     Subclasses fill ``self.records`` (``[(image path, mask path, text, name), ...]``) and ``self.size``.
     """
@@ -505,7 +516,7 @@ def write_text_table(rows: Iterable[tuple[str, str]], path: str | Path) -> Path:
     rows = [(str(a), str(b)) for a, b in rows]
     suffix = path.suffix.lower()
     if suffix == ".xlsx":
-        from openpyxl import Workbook
+        from openpyxl import Workbook  # lazy: only .xlsx tables need openpyxl
 
         book = Workbook()
         sheet = book.active
@@ -514,8 +525,6 @@ def write_text_table(rows: Iterable[tuple[str, str]], path: str | Path) -> Path:
             sheet.append(list(row))
         book.save(path)
     elif suffix == ".csv":
-        import pandas as pd
-
         pd.DataFrame(rows, columns=list(TABLE_COLUMNS)).to_csv(path, index=False)
     else:
         raise ValueError(f"table must be a .csv or .xlsx file, got {path}")
@@ -851,3 +860,84 @@ def write_lvit_layout(
     return write_text_table(rows, folder / f"{LVIT_TABLE_STEMS[split]}{table_suffix}")
 
 
+# ==================================================================================================
+# The task datasets of Chapter 1: phantoms in the QaTa layout, encoded reports, the teacher's features
+# ==================================================================================================
+
+
+def prepare_phantom_qata(root: str | Path, *, n_train: int, n_test: int, size: int, seed: int,
+                         ambiguous_only: bool = True) -> Path:
+    """Write chest-radiograph phantoms in the QaTa-COV19 (Ariadne) layout under ``root`` and return ``root``.
+
+    ``ambiguous_only`` keeps the phantoms whose image alone is ambiguous -- at least one lesion-like
+    distractor that the report does not mention (about half of them) -- the setting in which the report
+    carries information the image lacks. The real data are read from the same layout by the same loader
+    (:class:`QaTaDataset`). The test phantoms are drawn with ``seed + 10_000``.
+
+    Raises:
+        ValueError: a split has no ambiguous phantom (increase ``n_train`` / ``n_test``).
+
+    Example:
+        >>> import tempfile
+        >>> root = prepare_phantom_qata(tempfile.mkdtemp(), n_train=20, n_test=20, size=32, seed=0)
+        >>> len(QaTaDataset(root=root, split="test", size=32)) > 0
+        True
+    """
+    root = Path(root)
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 10_000)):
+        ds = PhantomDataset2D(n=n, modalities=("cxr",), size=size, seed=s, channels=1)
+        keep = [i for i, ph in enumerate(ds.phantoms) if ph.distractor_regions] if ambiguous_only else list(range(n))
+        if not keep:
+            raise ValueError(f"no ambiguous phantoms among {n}; increase n_{split}")
+        write_qata_layout(Subset(ds, keep), root, split=split)
+    return root
+
+
+class TextFeatureDataset(Dataset):
+    """Wraps an image/mask/text dataset and adds the frozen text encoder's features of each report.
+
+    The features are computed once (``features`` ``(len(dataset), T, D)``, e.g. from
+    :func:`medmoe.backbones.encode_cached`; :func:`with_text` does both), never per epoch. Items gain
+    ``text_features (T, D)``.
+
+    Example:
+        >>> ds = TextFeatureDataset([{"image": torch.zeros(1, 4, 4)}], torch.ones(1, 3, 2))
+        >>> ds[0]["text_features"].shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(self, dataset: Dataset, features: torch.Tensor) -> None:
+        if len(features) != len(dataset):
+            raise ValueError(f"features has {len(features)} rows for a dataset of {len(dataset)} items")
+        self.dataset, self.features = dataset, features
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "text_features": self.features[i]}
+
+
+def with_text(dataset: Dataset, encoder: TextEncoder) -> TextFeatureDataset:
+    """Attach the frozen text encoder's features of every report (``dataset.texts``, encoded once and cached by
+    :func:`medmoe.backbones.encode_cached`)."""
+    return TextFeatureDataset(dataset, encode_cached(encoder, list(dataset.texts)).hidden)
+
+
+class TeacherDataset(Dataset):
+    """Adds the frozen teacher's fused features of each item (``teacher``: one ``(N_s, C_s)`` tensor per stage).
+
+    The text-present model is frozen during distillation, so its features are computed once
+    (:func:`medmoe.papers.mlmoe.recipe.teacher_features`) instead of in every step of every epoch.
+    """
+
+    def __init__(self, dataset: Dataset, teacher: Sequence[torch.Tensor]) -> None:
+        if any(len(t) != len(dataset) for t in teacher):
+            raise ValueError(f"teacher features must have {len(dataset)} rows, got {[len(t) for t in teacher]}")
+        self.dataset, self.teacher = dataset, list(teacher)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "teacher": [t[i] for t in self.teacher]}

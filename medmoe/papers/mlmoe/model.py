@@ -1,7 +1,8 @@
 """Text-guided segmentation: Ariadne's Thread (Zhong et al., MICCAI 2023) and MLMoE on top of it.
 
-Explained in the book: *Chapter 1, MLMoE*. One model class covers both, so every ablation of MLMoE's
-Table II is a configuration switch:
+Explained in the book: *Chapter 1, MLMoE* (``chapters/01_mlmoe``), section 3 "The architecture, with shapes"
+(the text-absent path in section 4 "Training: text present, then text absent"). One model class covers both, so
+every ablation of MLMoE's Table II is a configuration switch:
 
 * ``num_experts=0`` -- the base model, Ariadne's Thread: each guide-decoder layer projects the text with
   ``text_project`` (Conv1d over tokens, GELU, Linear, LeakyReLU) and fuses it by cross-attention
@@ -22,6 +23,10 @@ the subpixel head returns ``(B, 1, 224, 224)`` mask logits.
 
 The model takes encoded text ``(B, 24, D_text)`` rather than strings, so a frozen text encoder runs once per
 report (:func:`medmoe.backbones.encode_cached`), not every epoch.
+
+Configurations are data (:data:`CONFIGS`: ``mlmoe_paper``/``mlmoe_quick``/``mlmoe_test`` and the base model's
+``ariadne_paper``/``ariadne_quick``); :func:`build_model` builds one, with a pretrained ConvNeXt passed as
+``backbone=``; :func:`example_inputs` is a batch for the contract test.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import SubpixelUpsample, UnetOutBlock, UnetrUpBlock
 from torch import nn
 
+from medmoe.backbones import build_convnext
 from medmoe.moe import GateOutput, SoftGate
 from medmoe.utils import check_rank, resolve_config
 
@@ -42,6 +48,7 @@ __all__ = [
     "AriadneConfig",
     "CONFIGS",
     "build_model",
+    "example_inputs",
     "sinusoidal_encoding",
     "TextExperts",
     "Adapter",
@@ -54,6 +61,8 @@ __all__ = [
 @dataclass(frozen=True)
 class AriadneConfig:
     """Everything that defines a model; configurations are data (see :data:`CONFIGS`).
+
+    Explained in the book: Chapter 1, section 3 "The architecture, with shapes".
 
     Attributes:
         encoder: ConvNeXt configuration name for :func:`medmoe.backbones.build_convnext`.
@@ -116,6 +125,9 @@ class TextExperts(nn.Module):
     axis maps ``T -> L`` tokens (the same "Conv1d over tokens" Ariadne's ``text_project`` uses), then ReLU.
     All experts are computed at once with batched einsums (the soft gate weights every expert).
 
+    Explained in the book: Chapter 1, sections 3 "The architecture, with shapes" and 6 "What the experts look at"
+    (:meth:`word_attribution`).
+
     Shapes: ``f_t (B, T, D) -> (B, N, L, C)``.
     """
 
@@ -152,6 +164,8 @@ class TextExperts(nn.Module):
 class Adapter(nn.Module):
     """Bottleneck adapter of the text-absent stage: ``f <- f + Phi_u(Phi_d(f))``, linear maps, no activation
     (MLMoE Sec. II-C, after RepAdapter). The up-projection starts at zero, so the adapter starts as identity.
+
+    Explained in the book: Chapter 1, section 4 "Training: text present, then text absent".
     """
 
     def __init__(self, *, width: int, hidden: int) -> None:
@@ -173,6 +187,8 @@ class GuideDecoderLayer(nn.Module):
     on each branch input and a learnable ``scale`` initialised to 1.421 (both as in Ariadne's code).
 
     Shapes: ``vis (B, N, C)``, ``txt (B, T, D)`` -> ``(B, N, C)`` plus the gate decision (MLMoE) or ``None``.
+
+    Explained in the book: Chapter 1, section 3 "The architecture, with shapes".
     """
 
     def __init__(self, *, width: int, text_in_len: int, text_out_len: int, text_width: int, num_experts: int,
@@ -183,7 +199,8 @@ class GuideDecoderLayer(nn.Module):
         self.num_experts, self.gate_visual = num_experts, gate_visual
         if num_experts == 0:
             self.text_project = nn.Sequential(
-                nn.Conv1d(text_in_len, text_out_len, kernel_size=1), nn.GELU(), nn.Linear(text_width, width), nn.LeakyReLU()
+                nn.Conv1d(text_in_len, text_out_len, kernel_size=1), nn.GELU(), nn.Linear(text_width, width),
+                nn.LeakyReLU(),
             )
         else:
             self.experts = TextExperts(num_experts=num_experts, in_tokens=text_in_len, out_tokens=text_out_len,
@@ -221,7 +238,10 @@ class GuideDecoderLayer(nn.Module):
 
 class SegOutput(NamedTuple):
     """``logits (B, 1, H, W)``; ``gates``: one :class:`GateOutput` per stage (empty for Ariadne);
-    ``fused``: the fused feature ``f_m`` of each stage ``(B, N_s, C_s)`` (the distillation targets)."""
+    ``fused``: the fused feature ``f_m`` of each stage ``(B, N_s, C_s)`` (the distillation targets).
+
+    Explained in the book: Chapter 1, section 3 "The architecture, with shapes" (the table of shapes).
+    """
 
     logits: torch.Tensor
     gates: list
@@ -231,10 +251,14 @@ class SegOutput(NamedTuple):
 class TextGuidedSegmenter(nn.Module):
     """Ariadne's Thread / MLMoE: ConvNeXt encoder, three guide decoders, subpixel head.
 
+    Explained in the book: Chapter 1, section 3 "The architecture, with shapes"; the text-absent path
+    (virtual prompt, adapters, :meth:`start_distillation`) in section 4 "Training: text present, then text absent".
+
     Args:
         config: an :class:`AriadneConfig`.
-        encoder: an image encoder returning four maps (a ``transformers`` ``ConvNextModel``); built from
-            ``config.encoder`` with :func:`medmoe.backbones.build_convnext` when omitted.
+        backbone: the image encoder, returning four maps (a ``transformers`` ``ConvNextModel``, e.g. pretrained
+            with :func:`medmoe.backbones.build_convnext`); built from ``config.encoder`` with random weights when
+            omitted. It is kept as the ``encoder`` submodule.
 
     Example:
         >>> m = build_model("mlmoe_test")
@@ -243,18 +267,16 @@ class TextGuidedSegmenter(nn.Module):
         (torch.Size([2, 1, 64, 64]), 3, torch.Size([2, 3]))
     """
 
-    def __init__(self, config: AriadneConfig, *, encoder: nn.Module | None = None) -> None:
+    def __init__(self, config: AriadneConfig, *, backbone: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
-        if encoder is None:
-            from medmoe.backbones import build_convnext
-
-            encoder = build_convnext(config.encoder)
-        self.encoder = encoder
+        self.encoder = build_convnext(config.encoder) if backbone is None else backbone
         c1, c2, c3, c4 = config.encoder_widths
-        self.text_proj = nn.Identity() if config.text_in_width == config.text_width else nn.Linear(config.text_in_width, config.text_width)
+        same_width = config.text_in_width == config.text_width
+        self.text_proj = nn.Identity() if same_width else nn.Linear(config.text_in_width, config.text_width)
         layer = dict(text_in_len=config.text_len, text_width=config.text_width, num_experts=config.num_experts,
-                     gate_temperature=config.gate_temperature, gate_visual=config.gate_visual, adapter_dim=config.adapter_dim)
+                     gate_temperature=config.gate_temperature, gate_visual=config.gate_visual,
+                     adapter_dim=config.adapter_dim)
         self.guides = nn.ModuleList(
             GuideDecoderLayer(width=w, text_out_len=n, **layer) for w, n in zip((c4, c3, c2), config.stage_text_lens)
         )
@@ -265,7 +287,8 @@ class TextGuidedSegmenter(nn.Module):
         self.head = nn.Sequential(SubpixelUpsample(2, c1, config.head_width, scale_factor=4),
                                   UnetOutBlock(2, config.head_width, 1))
         # The text-absent stage's parameters exist from the start but only train in start_distillation().
-        self.virtual_prompt = nn.Parameter(torch.randn(config.text_len, config.text_in_width) * 0.02, requires_grad=False)
+        self.virtual_prompt = nn.Parameter(torch.randn(config.text_len, config.text_in_width) * 0.02,
+                                           requires_grad=False)
         for p in self.adapter_parameters():
             p.requires_grad_(False)
         self._distilling = False
@@ -292,7 +315,8 @@ class TextGuidedSegmenter(nn.Module):
             check_rank(text, 3, "text features")
             want = (b, self.config.text_len, self.config.text_in_width)
             if tuple(text.shape) != want:
-                raise ValueError(f"text features must have shape {want} (batch, tokens, width), got {tuple(text.shape)}")
+                raise ValueError(f"text features must have shape {want} (batch, tokens, width), "
+                                 f"got {tuple(text.shape)}")
         txt = self.text_proj(text)
         x, gates, fused = feats[3], [], []
         for guide, up, skip in zip(self.guides, self.ups, (feats[2], feats[1], feats[0])):
@@ -310,6 +334,7 @@ class TextGuidedSegmenter(nn.Module):
 
     # ------------------------------------------------------------------ the text-absent stage
     def adapter_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the three stages' adapters (trained in the text-absent stage only)."""
         return [p for g in self.guides for p in g.adapter.parameters()]
 
     def start_distillation(self, *, adapters: bool = True) -> list[nn.Parameter]:
@@ -338,13 +363,45 @@ class TextGuidedSegmenter(nn.Module):
                     m.training = False
         return self
 
-    def trainable_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+def build_model(name: str | AriadneConfig = "mlmoe_quick", *, backbone: nn.Module | None = None,
+                **overrides) -> TextGuidedSegmenter:
+    """A :class:`TextGuidedSegmenter` from a configuration name in :data:`CONFIGS` (or an :class:`AriadneConfig`)
+    with fields overridden, e.g. ``build_model("mlmoe_quick", num_experts=8, gate_visual=False)``.
 
-def build_model(name: str = "mlmoe_quick", *, encoder: nn.Module | None = None, **overrides) -> TextGuidedSegmenter:
-    """Build a registered configuration, with field overrides (e.g. ``num_experts=8, gate_visual=False``)."""
+    Args:
+        backbone: a pretrained image encoder (``build_convnext(cfg.encoder, pretrained=...)``); ``None`` builds
+            ``config.encoder`` with random weights.
+
+    Raises:
+        ValueError: an unknown name or field, or ``num_experts < 0``.
+
+    Example:
+        >>> build_model("mlmoe_test", num_experts=2).guides[0].num_experts
+        2
+    """
     cfg = resolve_config(name, CONFIGS, overrides, what="model")
     if cfg.num_experts < 0:
         raise ValueError(f"num_experts must be >= 0, got {cfg.num_experts}")
-    return TextGuidedSegmenter(cfg, encoder=encoder)
+    return TextGuidedSegmenter(cfg, backbone=backbone)
+
+
+def example_inputs(name: str | AriadneConfig = "mlmoe_test", *, batch_size: int = 2
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    """A random batch for ``build_model(name)`` and the output shapes it must give (the contract test,
+    ``tests/test_contract.py``, runs every paper's ``_test`` configuration through this).
+
+    Returns:
+        ``(kwargs for forward, {output field: expected shape})``: a grey ``image (B, 1, 64, 64)`` and encoded
+        ``text (B, text_len, text_in_width)``; the first field (``logits``) is the one to backpropagate.
+
+    Example:
+        >>> kwargs, shapes = example_inputs("mlmoe_test")
+        >>> build_model("mlmoe_test")(**kwargs).logits.shape == shapes["logits"]
+        True
+    """
+    cfg = resolve_config(name, CONFIGS, {}, what="model")
+    size = 64
+    kwargs = {"image": torch.randn(batch_size, 1, size, size),
+              "text": torch.randn(batch_size, cfg.text_len, cfg.text_in_width)}
+    return kwargs, {"logits": (batch_size, 1, size, size)}

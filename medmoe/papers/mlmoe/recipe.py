@@ -1,4 +1,17 @@
-"""MLMoE's losses, training steps and evaluation (book: *Chapter 1, MLMoE*).
+"""MLMoE's recipe: losses, training steps, the two training stages and evaluation.
+
+Explained in the book: *Chapter 1, MLMoE* (``chapters/01_mlmoe``), sections 4 "Training: text present, then text
+absent", 5 "Results: does MLMoE use the report, and what does the virtual prompt recover?" and 6 "What the experts
+look at". The same four verbs as every paper's recipe:
+
+* :func:`build` -- the model (:func:`medmoe.papers.mlmoe.model.build_model`, with the ConvNeXt's pretrained weights
+  loaded from a folder when asked);
+* :func:`train` -- one stage with :func:`medmoe.engine.train_loop`, ``stage="text_present"`` or ``"text_absent"``;
+* :func:`evaluate` -- global Dice / IoU and LViT's per-image Dice on a test set, with the reports, a fixed prompt or
+  the virtual prompt (:func:`evaluate_texts`: several of them);
+* :func:`count` -- parameter counts (total, trainable, experts, gates, adapters, virtual prompt).
+
+The losses:
 
 * Text-present stage: ``L = L_dice + L_ce + L_div`` (MLMoE Sec. II-B), with the CE term as
   BCE-with-logits on the pre-sigmoid logits (the spec's reading: under MONAI 1.0.1 Ariadne's CE term was
@@ -10,47 +23,63 @@
   adapters train (:meth:`~medmoe.papers.mlmoe.model.TextGuidedSegmenter.start_distillation`).
 * Evaluation with the base code's metric: global (micro) Dice and foreground IoU at 0.5 over the whole test
   set (:class:`medmoe.metrics.GlobalDiceIoU`), with LViT's per-image mean Dice beside it.
+
+The datasets the stages read (reports encoded once, the teacher's features computed once) are in
+:mod:`medmoe.papers.mlmoe.data`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from monai.losses import DiceCELoss, DiceLoss
-from torch.utils.data import Dataset
+from torch import nn
 
+from medmoe.backbones import TextEncoder, build_convnext
+from medmoe.engine import FitResult, TrainConfig, make_loader, train_loop
 from medmoe.metrics import GlobalDiceIoU, PerImageDice
 from medmoe.moe import diversity_loss
+from medmoe.papers.mlmoe.data import TeacherDataset
+from medmoe.papers.mlmoe.model import CONFIGS, AriadneConfig, TextGuidedSegmenter, build_model
+from medmoe.utils import count_parameters, resolve_config
 
 __all__ = [
-    "TextFeatureDataset", "TeacherDataset", "SegLoss", "text_present_step", "teacher_features", "distillation_loss",
-    "distillation_step", "evaluate",
-    "prepare_phantom_qata", "with_text", "train_text_present", "train_text_absent", "expert_word_attribution",
+    "STAGES", "build", "train", "evaluate", "evaluate_texts", "count",
+    "SegLoss", "text_present_step", "teacher_features", "distillation_loss", "distillation_step",
+    "expert_word_attribution",
 ]
 
+STAGES = ("text_present", "text_absent")
+"""The two training stages of :func:`train` (MLMoE Sec. II-B and II-C)."""
 
-class TextFeatureDataset(Dataset):
-    """Wraps an image/mask/text dataset and adds the frozen text encoder's features of each report.
 
-    The features are computed once (``features`` ``(len(dataset), T, D)``, e.g. from
-    :func:`medmoe.backbones.encode_cached`), never per epoch. Items gain ``text_features (T, D)``.
+def build(name: str | AriadneConfig = "mlmoe_quick", *, backbone: nn.Module | None = None,
+          backbone_weights: str | os.PathLike | None = None, **overrides) -> TextGuidedSegmenter:
+    """:func:`~medmoe.papers.mlmoe.model.build_model`, with the ConvNeXt loaded from ``backbone_weights`` (a local
+    folder of ``facebook/convnext-tiny-224`` or a hub id; see :func:`medmoe.backbones.build_convnext`) when given.
+    ``backbone_weights`` empty or ``None``: the ConvNeXt starts from random weights.
+
+    Raises:
+        ValueError: both ``backbone`` and ``backbone_weights``; anything :func:`build_model` refuses.
+
+    Example:
+        >>> build("mlmoe_test", num_experts=0).config.num_experts
+        0
     """
-
-    def __init__(self, dataset: Dataset, features: torch.Tensor) -> None:
-        if len(features) != len(dataset):
-            raise ValueError(f"features has {len(features)} rows for a dataset of {len(dataset)} items")
-        self.dataset, self.features = dataset, features
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**self.dataset[i], "text_features": self.features[i]}
+    if backbone_weights:
+        if backbone is not None:
+            raise ValueError("pass either backbone= (a built encoder) or backbone_weights= (where its weights are)")
+        cfg = resolve_config(name, CONFIGS, overrides, what="model")
+        backbone = build_convnext(cfg.encoder, pretrained=backbone_weights)
+    return build_model(name, backbone=backbone, **overrides)
 
 
-class SegLoss(torch.nn.Module):
+# ----------------------------------------------------------------------------- losses and steps
+class SegLoss(nn.Module):
     """``Dice + BCE-with-logits`` (MONAI ``DiceCELoss(sigmoid=True)``), or Dice only; weights 1."""
 
     def __init__(self, *, dice_only: bool = False) -> None:
@@ -83,35 +112,14 @@ def distillation_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.T
     return total.mean()
 
 
-class TeacherDataset(Dataset):
-    """Adds the frozen teacher's fused features of each item (``teacher``: one ``(N_s, C_s)`` tensor per stage).
-
-    The text-present model is frozen during distillation, so its features are computed once
-    (:func:`teacher_features`) instead of in every step of every epoch.
-    """
-
-    def __init__(self, dataset: Dataset, teacher: Sequence[torch.Tensor]) -> None:
-        if any(len(t) != len(dataset) for t in teacher):
-            raise ValueError(f"teacher features must have {len(dataset)} rows, got {[len(t) for t in teacher]}")
-        self.dataset, self.teacher = dataset, list(teacher)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**self.dataset[i], "teacher": [t[i] for t in self.teacher]}
-
-
 @torch.no_grad()
 def teacher_features(model, dataset, *, batch_size: int = 64) -> list[torch.Tensor]:
     """The fused features ``f_m^s`` of every item with its report (no adapters), per stage, on the CPU."""
-    from torch.utils.data import DataLoader
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     stages: list[list[torch.Tensor]] = []
-    for batch in DataLoader(dataset, batch_size=batch_size):
+    for batch in make_loader(dataset, batch_size):
         fused = model(batch["image"].to(device), batch["text_features"].to(device)).fused
         stages.append([f.cpu() for f in fused])
     model.train(was_training)
@@ -121,7 +129,8 @@ def teacher_features(model, dataset, *, batch_size: int = 64) -> list[torch.Tens
 def distillation_step(model, batch, *, seg_loss: SegLoss, dis_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """One stage-2 step: teacher = the frozen model with the report; student = the same model with the virtual
     prompt and the adapters (``text=None``). ``L_A = L_seg(student) + dis_weight * L_dis``. The teacher's
-    features come from ``batch["teacher"]`` when precomputed (:class:`TeacherDataset`), else are computed."""
+    features come from ``batch["teacher"]`` when precomputed (:class:`~medmoe.papers.mlmoe.data.TeacherDataset`),
+    else are computed."""
     if "teacher" in batch:
         teacher = batch["teacher"]
     else:
@@ -133,32 +142,95 @@ def distillation_step(model, batch, *, seg_loss: SegLoss, dis_weight: float = 1.
     return {"loss": seg + dis_weight * dis, "seg": seg.detach(), "dis": dis.detach()}
 
 
+# ----------------------------------------------------------------------------- training
+def train(model: TextGuidedSegmenter, train_set: Any, val_set: Any = None, *, stage: str = "text_present",
+          out_dir: Any, epochs: int, lr: float, batch_size: int, seed: int = 0, run_key: str | None = None,
+          div_weight: float = 1.0, dis_weight: float = 1.0, adapters: bool = True, dice_only: bool = False,
+          weight_decay: float = 0.01, patience: int | None = None, progress: bool = False,
+          resume: bool = True) -> FitResult:
+    """Train one stage with :func:`medmoe.engine.train_loop`; the best checkpoint (lowest ``val_seg``, the
+    segmentation loss without ``L_div`` / ``L_dis``; ``train_seg`` without ``val_set``) is kept in
+    ``out_dir/best`` (load it with :func:`medmoe.engine.load_best`).
+
+    * ``stage="text_present"`` (Sec. II-B): the model learns with the reports (items with ``text_features``,
+      :func:`~medmoe.papers.mlmoe.data.with_text`); AdamW on the trainable parameters, a cosine schedule stepped
+      per epoch (Ariadne: ``T_max=200``, ``eta_min=1e-6``), loss :func:`text_present_step` weighted by
+      ``div_weight``. The counterpart of the base code's ``val_loss`` is ``val_seg``.
+    * ``stage="text_absent"`` (Sec. II-C): freeze the trained model and learn the virtual prompt (and the adapters)
+      by distillation (:func:`distillation_step`); the teacher's features are computed once
+      (:class:`~medmoe.papers.mlmoe.data.TeacherDataset`). ``adapters=False`` is Table II's "w/o adapter",
+      ``dis_weight=0`` is "w/o distillation". AdamW, no schedule.
+
+    Args:
+        patience: early stopping on ``val_seg`` after this many epochs without improvement (``None``: never).
+        dice_only: Dice alone as the segmentation loss (the loss Ariadne's code effectively optimised).
+
+    Raises:
+        ValueError: an unknown ``stage``.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; use one of {STAGES}")
+    monitor = "val_seg" if val_set is not None else "train_seg"
+    seg = SegLoss(dice_only=dice_only)
+    if stage == "text_present":
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=200, eta_min=1e-6)
+        config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume,
+                             early_stopping_patience=patience, scheduler_interval="epoch", monitor=monitor,
+                             run_key=run_key)
+        step = partial(text_present_step, seg_loss=seg, div_weight=div_weight)
+        return train_loop(model, opt, train_set, step_fn=step, config=config, batch_size=batch_size, val_set=val_set,
+                          scheduler=sched)
+    params = model.start_distillation(adapters=adapters)
+    train_set = TeacherDataset(train_set, teacher_features(model, train_set))
+    if val_set is not None:
+        val_set = TeacherDataset(val_set, teacher_features(model, val_set))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume,
+                         early_stopping_patience=patience, monitor=monitor, run_key=run_key)
+    step = partial(distillation_step, seg_loss=seg, dis_weight=dis_weight)
+    return train_loop(model, opt, train_set, step_fn=step, config=config, batch_size=batch_size, val_set=val_set)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _check_text(text: Any) -> None:
+    if isinstance(text, torch.Tensor):
+        if text.ndim != 2:
+            raise ValueError(f"a fixed prompt's features must have shape (T, D), got {tuple(text.shape)}")
+    elif text not in ("report", "virtual"):
+        raise ValueError(f"text must be 'report', 'virtual' or a (T, D) tensor, got {text!r}")
+
+
 @torch.no_grad()
-def evaluate(model, loader, *, text: str | torch.Tensor = "report", device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Test-set metrics of a text-guided segmenter.
+def evaluate(model: TextGuidedSegmenter, data: Any, *, text: str | torch.Tensor = "report", batch_size: int = 64,
+             device: torch.device | str | None = None) -> dict[str, Any]:
+    """Test-set metrics of a text-guided segmenter on ``data`` (items with ``image``, ``mask`` and, for
+    ``text="report"``, ``text_features``), read in order in batches of ``batch_size``.
 
     Args:
         text: ``"report"`` (each image's own report features), ``"virtual"`` (the virtual prompt and adapters;
             the text encoder is not needed), or a ``(T, D)`` tensor: one fixed prompt's features for every image
             (the paper's "pneumonia", "a photo of infected areas", ... baselines).
+        device: where the images go; ``None``: the model's device.
 
     Returns:
         ``global_dice`` and ``global_iou`` (the base code's convention), ``per_image_dice`` (LViT's), the number
         of images, and ``gates``: the stage gate weights ``(num_images, N)`` per stage (empty for Ariadne).
     """
+    _check_text(text)
     model.eval()
+    device = next(model.parameters()).device if device is None else torch.device(device)
     glob, per_image = GlobalDiceIoU(from_logits=True), PerImageDice(from_logits=True)
     gates: list[list[torch.Tensor]] = []
-    for batch in loader:
+    for batch in make_loader(data, batch_size):
         image = batch["image"].to(device)
         if isinstance(text, torch.Tensor):
             feats = text.to(device).expand(image.shape[0], -1, -1)
         elif text == "report":
             feats = batch["text_features"].to(device)
-        elif text == "virtual":
-            feats = None
         else:
-            raise ValueError(f"text must be 'report', 'virtual' or a (T, D) tensor, got {text!r}")
+            feats = None
         out = model(image, feats)
         glob.update(out.logits.cpu(), batch["mask"])
         per_image.update(out.logits.cpu(), batch["mask"])
@@ -173,87 +245,35 @@ def evaluate(model, loader, *, text: str | torch.Tensor = "report", device: torc
     }
 
 
-# ----------------------------------------------------------------------------- data and training drivers
-def prepare_phantom_qata(root, *, n_train: int, n_test: int, size: int, seed: int, ambiguous_only: bool = True):
-    """Write chest-radiograph phantoms in the QaTa-COV19 (Ariadne) layout under ``root`` and return ``root``.
+def evaluate_texts(model: TextGuidedSegmenter, data: Any, texts: Mapping[str, str | torch.Tensor], *,
+                   batch_size: int = 64, device: torch.device | str | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate` once per test-time text: ``{name: evaluate(model, data, text=texts[name])}``, in the order
+    of ``texts`` (e.g. ``{"report": "report", '"pneumonia"': features, "virtual prompt": "virtual"}``)."""
+    for text in texts.values():
+        _check_text(text)
+    return {name: evaluate(model, data, text=text, batch_size=batch_size, device=device)
+            for name, text in texts.items()}
 
-    ``ambiguous_only`` keeps the phantoms whose image alone is ambiguous -- at least one lesion-like
-    distractor that the report does not mention (about half of them) -- the setting in which the report
-    carries information the image lacks. The real data are read from the same layout by the same loader
-    (:class:`medmoe.papers.mlmoe.data.QaTaDataset`).
+
+def count(model: TextGuidedSegmenter) -> dict[str, int]:
+    """Parameters: ``total``, ``trainable`` (``requires_grad``: before :func:`train`'s text-absent stage everything
+    but the adapters and the virtual prompt, during it only those), ``encoder`` (ConvNeXt), ``experts`` (every
+    stage's text experts; 0 for Ariadne), ``gates``, ``adapters`` and ``virtual_prompt``.
+
+    Example:
+        >>> c = count(build("mlmoe_test"))
+        >>> c["trainable"] == c["total"] - c["adapters"] - c["virtual_prompt"]
+        True
     """
-    from pathlib import Path
-
-    from torch.utils.data import Subset
-
-    from medmoe.data.phantoms import PhantomDataset2D
-    from medmoe.papers.mlmoe.data import write_qata_layout
-
-    root = Path(root)
-    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 10_000)):
-        ds = PhantomDataset2D(n=n, modalities=("cxr",), size=size, seed=s, channels=1)
-        keep = [i for i, ph in enumerate(ds.phantoms) if ph.distractor_regions] if ambiguous_only else list(range(n))
-        if not keep:
-            raise ValueError(f"no ambiguous phantoms among {n}; increase n_{split}")
-        write_qata_layout(Subset(ds, keep), root, split=split)
-    return root
-
-
-def with_text(dataset, encoder) -> TextFeatureDataset:
-    """Attach the frozen text encoder's features of every report (encoded once, cached)."""
-    from medmoe.backbones import encode_cached
-
-    return TextFeatureDataset(dataset, encode_cached(encoder, list(dataset.texts)).hidden)
-
-
-def train_text_present(model, train_ds, val_ds, *, out_dir, epochs: int, lr: float, batch_size: int, seed: int,
-                       div_weight: float = 1.0, dice_only: bool = False, weight_decay: float = 0.01,
-                       patience: int | None = None, progress: bool = False, resume: bool = True,
-                       run_key: str | None = None):
-    """Stage 1 with :func:`medmoe.engine.fit`: AdamW, cosine schedule per epoch (Ariadne: ``T_max=200``,
-    ``eta_min=1e-6``), best checkpoint and early stopping on the validation segmentation loss (``val_seg``: Dice +
-    BCE without ``L_div``, the counterpart of the base code's ``val_loss``). Returns the ``FitResult``."""
-    from torch.utils.data import DataLoader
-
-    from medmoe.engine import TrainConfig, fit
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=200, eta_min=1e-6)
-    seg = SegLoss(dice_only=dice_only)
-    cfg = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume,
-                      early_stopping_patience=patience, scheduler_interval="epoch", monitor="val_seg", run_key=run_key)
-    g = torch.Generator().manual_seed(seed)
-    return fit(model, opt, DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=g),
-               step_fn=lambda m, b: text_present_step(m, b, seg_loss=seg, div_weight=div_weight),
-               val_loader=DataLoader(val_ds, batch_size=64), config=cfg, scheduler=sched)
-
-
-def train_text_absent(model, train_ds, val_ds, *, out_dir, epochs: int, lr: float, batch_size: int, seed: int,
-                      dis_weight: float = 1.0, dice_only: bool = False, adapters: bool = True, progress: bool = False,
-                      resume: bool = True, run_key: str | None = None):
-    """Stage 2: freeze the trained model, learn the virtual prompt (and the adapters) by distillation.
-
-    ``adapters=False`` is Table II's "w/o adapter"; ``dis_weight=0`` is "w/o distillation"."""
-    from torch.utils.data import DataLoader
-
-    from medmoe.engine import TrainConfig, fit
-
-    params = model.start_distillation(adapters=adapters)
-    train_ds = TeacherDataset(train_ds, teacher_features(model, train_ds))
-    val_ds = TeacherDataset(val_ds, teacher_features(model, val_ds))
-    opt = torch.optim.AdamW(params, lr=lr)
-    seg = SegLoss(dice_only=dice_only)
-    cfg = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume, monitor="val_seg",
-                      run_key=run_key)
-    g = torch.Generator().manual_seed(seed)
-    return fit(model, opt, DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=g),
-               step_fn=lambda m, b: distillation_step(m, b, seg_loss=seg, dis_weight=dis_weight),
-               val_loader=DataLoader(val_ds, batch_size=64), config=cfg)
+    moe = [g for g in model.guides if g.num_experts]
+    return {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True),
+            "encoder": count_parameters(model.encoder), "experts": sum(count_parameters(g.experts) for g in moe),
+            "gates": sum(count_parameters(g.gate) for g in moe),
+            "adapters": count_parameters(model.adapter_parameters()), "virtual_prompt": model.virtual_prompt.numel()}
 
 
 @torch.no_grad()
-def expert_word_attribution(model, encoder, text: str, *, stage: int = 0):
+def expert_word_attribution(model: TextGuidedSegmenter, encoder: TextEncoder, text: str, *, stage: int = 0):
     """MLMoE Fig. 3 as the book reads it: how much each word of ``text`` feeds each text expert of one guide
     stage. Returns ``(words, (N, W) tensor)``, rows normalised to sum to 1 (word pieces summed into words)."""
     feats = encoder([text]).hidden

@@ -1,1 +1,27 @@
-"""placeholder"""
+"""Chapter 4, MoME: a text-guided router over decoder-layer experts, on its base, the CLIP-Driven Universal Model,
+for partially labelled 3D CT.
+
+Book: *Chapter 4, MoME* (``chapters/04_mome``). Only MoME's abstract is public, so most of the model is the book's
+reconstruction; the chapter says which part is which. The files, and the sections that explain them:
+
+* :mod:`~medmoe.papers.mome.model` -- :class:`UniversalSeg` (the Universal Model on MONAI's SwinUNETR, and MoME
+  with its :class:`~medmoe.papers.mome.model.TextGuidedRouter`), configurations :data:`CONFIGS`,
+  :func:`build_model`; section 2 "The architecture" and section 5 "Where the router looks: weights per class over
+  slices";
+* :mod:`~medmoe.papers.mome.recipe` -- the class text embeddings, the partial-label loss and the four verbs
+  :func:`build`, :func:`train`, :func:`evaluate` (sliding-window, Dice per organ per volume), :func:`count`;
+  sections 3 "Training both models with partial labels" and 4 "Per-organ Dice (the Universal Model's convention)";
+* :mod:`~medmoe.papers.mome.data` -- the Universal Model's 32-class template, dataset lists and label transfer
+  (:class:`~medmoe.papers.mome.data.UniversalDataset`), the phantom CT sources
+  (:class:`~medmoe.papers.mome.data.PhantomCT`) and the random training patches
+  (:class:`~medmoe.papers.mome.data.RandomPatches`); section 1 "Partially labelled data";
+* :mod:`~medmoe.papers.mome.prepare` -- arranges AMOS, the MSD CT tasks and TotalSegmentator in the Universal
+  Model's layout (``data_scripts/prepare_universal.py`` calls it);
+* ``card.yaml`` -- the chapter's profiles and registry cells.
+"""
+
+from medmoe.papers.mome.model import CONFIGS, MoMEConfig, UniversalSeg, build_model
+from medmoe.papers.mome.recipe import build, class_text_embeddings, count, evaluate, train
+
+__all__ = ["CONFIGS", "MoMEConfig", "UniversalSeg", "build_model", "class_text_embeddings", "build", "train",
+           "evaluate", "count"]

@@ -1,11 +1,13 @@
-"""The CLIP-Driven Universal Model's data conventions: 32-class template, dataset lists, label transfer.
+"""The CLIP-Driven Universal Model's data conventions (32-class template, dataset lists, label transfer) and the
+chapter's task datasets.
 
-Used in the book by: *Chapter 4, MoME* (mixture of vision-language experts for partially labelled 3D CT).
-MoME's "10 datasets, 3,410 CT scans" are, as far as public material shows, the collection of the
-CLIP-Driven Universal Model (Liu et al., ICCV 2023; repository ``ljwztc/CLIP-Driven-Universal-Model``), so
-this module reads that collection the way its code does. The quick profile's phantoms
-(:class:`medmoe.data.phantoms.PhantomVolumeDataset`) express the same partial labels with ids; see
-:func:`partial_label_target` for turning them into the same multi-label targets.
+Explained in the book: *Chapter 4, MoME* (``chapters/04_mome``), sections 1 "Partially labelled data" and 3
+"Training both models with partial labels". MoME's "10 datasets, 3,410 CT scans" are, as far as public material
+shows, the collection of the CLIP-Driven Universal Model (Liu et al., ICCV 2023; repository
+``ljwztc/CLIP-Driven-Universal-Model``), so :class:`UniversalDataset` reads that collection the way its code does.
+The quick profile's phantoms (:class:`PhantomCT`, on :class:`medmoe.data.phantoms.PhantomVolumeDataset`) express
+the same partial labels with ids, turned into the same multi-label targets by :func:`partial_label_target`;
+:class:`RandomPatches` draws the training crops of either.
 
 **Template and indexing.** :data:`UNIVERSAL_CLASSES` lists the 32 classes in the reference order
 (``utils/utils.py: ORGAN_NAME``). The reference numbers them 1..32 (*template ids*, used in its
@@ -50,7 +52,8 @@ Deviations and unverifiable points, stated rather than guessed:
 * ``15`` is TotalSegmentator: the reference's ``TEMPLATE['15']`` is ids 1..17 with a "total segmentation"
   comment and no transfer list; TotalSegmentator v2 has no hepatic-vessel structure (id 15), so ``15``
   here lists the template classes it does have (see :data:`TOTALSEG_STRUCTURES`), written by
-  ``data_scripts/prepare_universal.py`` as a label map whose values are template ids (left kidney cyst: 33).
+  :mod:`medmoe.papers.mome.prepare` (``data_scripts/prepare_universal.py``) as a label map whose values are
+  template ids (left kidney cyst: 33).
 * The reference transfers labels and splits left/right **before** resampling (``label_transfer.py``
   stores the result as ``post_label`` .h5 files); here it is done on the resampled, cropped id map, so
   the two agree up to nearest-neighbour resampling. Values a dataset's transfer list does not know (for
@@ -78,17 +81,33 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    LoadImaged,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
 from scipy import ndimage
 from torch.utils.data import Dataset
+
+from medmoe.data.phantoms import CLASSES_3D, PhantomVolumeDataset
 
 __all__ = [
     "UNIVERSAL_CLASSES", "NUM_UNIVERSAL_CLASSES", "TEMPLATE", "LABEL_TRANSFER", "IGNORED_VALUES",
     "LEFT_RIGHT_SPLIT", "REFERENCE_FOLDERS", "TOTALSEG_STRUCTURES", "PHANTOM_CONTAINS", "UniversalCase",
-    "UniversalDataset", "dataset_id", "labelled_channels", "parse_dataset_list", "partial_label_target",
-    "preprocessing", "split_left_right", "transfer_label", "write_dataset_list", "write_universal_fixture",
+    "UniversalDataset", "PhantomCT", "RandomPatches", "dataset_id", "labelled_channels", "parse_dataset_list",
+    "partial_label_target", "preprocessing", "split_left_right", "transfer_label", "write_dataset_list",
+    "write_universal_fixture",
 ]
 
 UNIVERSAL_CLASSES: tuple[str, ...] = (
@@ -459,8 +478,6 @@ def partial_label_target(
         ([0.0, 1.0, 1.0], [0.0, 0.0, 1.0])
     """
     if classes is None:
-        from medmoe.data.phantoms import CLASSES_3D
-
         classes = CLASSES_3D
     classes = tuple(classes)
     ids = torch.as_tensor(label).long()
@@ -494,8 +511,6 @@ def partial_label_target(
 
 
 def _spatial_shape(path: Path) -> tuple[int, ...]:
-    import nibabel as nib
-
     try:
         shape = tuple(int(s) for s in nib.load(str(path)).shape)
     except Exception as err:  # nibabel raises several types for broken files
@@ -506,8 +521,6 @@ def _spatial_shape(path: Path) -> tuple[int, ...]:
 
 
 def _loader():
-    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
-
     return Compose([LoadImaged(keys=("image", "label"), reader="NibabelReader", image_only=True),
                     EnsureChannelFirstd(keys=("image", "label"))])
 
@@ -524,8 +537,6 @@ def preprocessing(*, spacing: Sequence[float] = (1.5, 1.5, 1.5),
         >>> len(preprocessing().transforms)
         4
     """
-    from monai.transforms import Compose, CropForegroundd, Orientationd, ScaleIntensityRanged, Spacingd
-
     lo, hi = (float(v) for v in hu_window)
     return Compose([
         Orientationd(keys=("image", "label"), axcodes="RAS", labels=None),  # None: from the meta "space" (RAS)
@@ -645,6 +656,87 @@ def _shape_message(image: Path, image_shape, label: Path, label_shape, prefix: s
 
 
 # --------------------------------------------------------------------------------------------------
+# The chapter's task datasets: phantom CT and random training patches
+# --------------------------------------------------------------------------------------------------
+
+
+class PhantomCT(Dataset):
+    """Partially labelled phantom CT volumes from several sources, as multi-label targets.
+
+    Items: ``image`` ``(1, S, S, S)``, ``label`` ``(C, S, S, S)`` over ``CLASSES_3D[1:]`` with "liver" including
+    "liver tumour" (:func:`partial_label_target`, the convention of :class:`UniversalDataset`), ``labelled``
+    ``(C,)``, ``source`` str.
+
+    Args:
+        sources: keys of :data:`medmoe.data.phantoms.SOURCE_DATASETS`.
+        n_per_source: volumes per source.
+        size: volume side (>= 32).
+        seed: data seed.
+        shift: ``(contrast, noise_std)`` applied to the images (``image * contrast + (1 - contrast) / 2`` plus
+            Gaussian noise, seeded): a different "scanner" for a held-out source; ``None`` for none.
+
+    Example:
+        >>> item = PhantomCT(sources=["kidney"], n_per_source=1, size=32)[0]
+        >>> tuple(item["image"].shape), tuple(item["label"].shape), item["source"]
+        ((1, 32, 32, 32), (6, 32, 32, 32), 'kidney')
+    """
+
+    def __init__(self, *, sources: Sequence[str], n_per_source: int, size: int = 48, seed: int = 0,
+                 shift: tuple[float, float] | None = None) -> None:
+        if not sources:
+            raise ValueError("sources must name at least one source data set")
+        self.sources = list(sources)
+        self.volumes = [PhantomVolumeDataset(n=n_per_source, source=s, seed=seed, size=size) for s in self.sources]
+        self.index = [(v, i) for v in range(len(self.volumes)) for i in range(n_per_source)]
+        self.shift, self.seed = shift, seed
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        v, i = self.index[k]
+        item = self.volumes[v][i]
+        image = item["image"]
+        if self.shift is not None:
+            contrast, noise = self.shift
+            g = torch.Generator().manual_seed(self.seed * 100_003 + k)
+            image = (image * contrast + (1 - contrast) / 2 + noise * torch.randn(image.shape, generator=g)).clamp(0, 1)
+        target, labelled = partial_label_target(item["label"], labelled=item["labelled"])
+        return {"image": image, "label": target, "labelled": labelled, "source": self.sources[v]}
+
+
+class RandomPatches(Dataset):
+    """Random ``patch^3`` training crops of whole-volume items (``image``, ``label``, ``labelled``, ...), as the
+    Universal Model samples them: volumes smaller than the patch are padded (MONAI ``SpatialPadd``), then MONAI
+    ``RandCropByPosNegLabeld`` centres 2 of 3 crops on labelled foreground and 1 on background. Seeded by
+    ``torch``'s generator (so by :func:`medmoe.utils.seed_everything` and the DataLoader's worker seeds).
+
+    Example:
+        >>> vols = PhantomCT(sources=["kidney"], n_per_source=1, size=48)
+        >>> RandomPatches(vols, patch=32)[0]["image"].shape
+        torch.Size([1, 32, 32, 32])
+    """
+
+    def __init__(self, volumes: Dataset, *, patch: int) -> None:
+        if patch < 32 or patch % 32:
+            raise ValueError(f"patch must be a positive multiple of 32 (SwinUNETR), got {patch}")
+        self.volumes, self.patch = volumes, patch
+        self._pad = SpatialPadd(keys=("image", "label", "fg"), spatial_size=(patch,) * 3)
+        self._crop = RandCropByPosNegLabeld(keys=("image", "label"), label_key="fg", spatial_size=(patch,) * 3,
+                                            pos=2, neg=1, num_samples=1)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        item = self.volumes[k]
+        fg = (item["label"][item["labelled"]].sum(0, keepdim=True) > 0).float()
+        self._crop.set_random_state(int(torch.randint(2**31 - 1, (1,))))
+        crop = self._crop(self._pad({"image": item["image"], "label": item["label"], "fg": fg}))[0]
+        return {**item, "image": torch.as_tensor(crop["image"]), "label": torch.as_tensor(crop["label"])}
+
+
+# --------------------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------------------
 
@@ -723,8 +815,6 @@ def write_universal_fixture(
         >>> p.read_text().split()
         ['05_KiTS/img/kits_0000.nii.gz', '05_KiTS/label/kits_0000.nii.gz']
     """
-    import nibabel as nib
-
     if isinstance(cases_per_dataset, bool) or not isinstance(cases_per_dataset, int) or cases_per_dataset < 1:
         raise ValueError(f"cases_per_dataset must be a positive int, got {cases_per_dataset!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 10:

@@ -1,4 +1,7 @@
-"""MoME and its base, the CLIP-Driven Universal Model (book: *Chapter 4, MoME*).
+"""MoME and its base, the CLIP-Driven Universal Model.
+
+Explained in the book: *Chapter 4, MoME* (``chapters/04_mome``), section 2 "The architecture" (and section 5,
+"Where the router looks", for the router's weights).
 
 Only MoME's abstract is public (Rezvani et al., arXiv 2510.26996) and no code. It states: a vision branch with
 **multi-scale decoder-layer experts**, a text branch of **CLIP embeddings**, and a **text-guided router** that fuses
@@ -44,12 +47,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from medmoe.utils import check_rank, resolve_config
 
 __all__ = ["DECODER_LEVELS", "MoMEConfig", "CONFIGS", "MoMEOutput", "TextGuidedRouter", "UniversalSeg", "build_model",
-           "dynamic_head"]
+           "dynamic_head", "example_inputs"]
 
 #: Decoder outputs of MONAI's SwinUNETR, coarse to fine, with their width in units of ``feature_size`` and their
 #: downsampling factor.
@@ -64,6 +68,8 @@ NUM_DYNAMIC_PARAMS = sum(_WEIGHTS) + sum(_BIASES)
 @dataclass(frozen=True)
 class MoMEConfig:
     """A Universal Model / MoME configuration (data, as timm's configs).
+
+    Explained in the book: Chapter 4, section 2 "The architecture".
 
     Attributes:
         num_classes: C, one sigmoid output per class (32 in the Universal Model's template).
@@ -98,8 +104,10 @@ class MoMEConfig:
     use_checkpoint: bool = False
 
 
-_QUICK = dict(num_classes=6, feature_size=12, num_heads=(3, 3, 6, 12), roi_size=32, norm=("group", {"num_groups": 4}), window_size=4,
-              text_dim=384, code_dim=64)
+_QUICK = dict(num_classes=6, feature_size=12, num_heads=(3, 3, 6, 12), roi_size=32, norm=("group", {"num_groups": 4}),
+              window_size=4, text_dim=384, code_dim=64)
+_TEST = dict(num_classes=3, feature_size=12, num_heads=(3, 3, 3, 3), depths=(1, 1, 1, 1), roi_size=32,
+             norm=("group", {"num_groups": 4}), window_size=4, text_dim=16, code_dim=16)
 #: Named configurations: the paper-size ones (Universal Model: SwinUNETR-48, CLIP 512-d, 32 classes), the quick
 #: profile's (feature size 12, MiniLM 384-d, the phantoms' 6 classes, 32^3 patches) and tiny ones for tests.
 CONFIGS: dict[str, MoMEConfig] = {
@@ -107,15 +115,15 @@ CONFIGS: dict[str, MoMEConfig] = {
     "mome_paper": MoMEConfig(),
     "universal_quick": MoMEConfig(**_QUICK, experts=("out",), router=False),
     "mome_quick": MoMEConfig(**_QUICK),
-    "universal_test": MoMEConfig(num_classes=3, feature_size=12, num_heads=(3, 3, 3, 3), depths=(1, 1, 1, 1), roi_size=32,
-                                 norm=("group", {"num_groups": 4}), window_size=4, text_dim=16, code_dim=16, experts=("out",), router=False),
-    "mome_test": MoMEConfig(num_classes=3, feature_size=12, num_heads=(3, 3, 3, 3), depths=(1, 1, 1, 1), roi_size=32,
-                            norm=("group", {"num_groups": 4}), window_size=4, text_dim=16, code_dim=16, experts=("dec0", "out"), router_hidden=4),
+    "universal_test": MoMEConfig(**_TEST, experts=("out",), router=False),
+    "mome_test": MoMEConfig(**_TEST, experts=("dec0", "out"), router_hidden=4),
 }
 
 
 class MoMEOutput(NamedTuple):
-    """Attributes:
+    """What :class:`UniversalSeg` returns. Explained in the book: Chapter 4, section 2 "The architecture".
+
+    Attributes:
         logits: ``(B, C, D, H, W)``, one sigmoid logit map per class.
         router: ``(B, C, E, D, H, W)`` the router's weights per class, expert and voxel (sum to 1 over ``E``);
             ``None`` for the Universal Model.
@@ -157,6 +165,9 @@ class TextGuidedRouter(nn.Module):
     """Per class and voxel, softmax weights over the experts from the class's text code and the experts' features
     (MoME's "text-guided router ... pixel-wise fusion across scales"; the form is this book's reconstruction).
 
+    Explained in the book: Chapter 4, sections 2 "The architecture" and 5 "Where the router looks: weights per class
+    over slices".
+
     ``w_{c,e}(x) = softmax_e(W_2 ReLU(W_v V(x) + W_t u_c + b_1) + b_2)``.
 
     Args:
@@ -181,12 +192,46 @@ class TextGuidedRouter(nn.Module):
         return logits.softmax(dim=2)
 
 
+def _check_backbone(backbone: nn.Module, config: MoMEConfig) -> None:
+    """An injected backbone must be a one-channel MONAI ``SwinUNETR`` with the configuration's feature size,
+    depths, heads and window (the decoder widths and :data:`DECODER_LEVELS` follow from them)."""
+    if not isinstance(backbone, SwinUNETR):
+        raise ValueError(f"backbone must be a MONAI SwinUNETR (the Universal Model's network), got "
+                         f"{type(backbone).__name__}")
+    vit = backbone.swinViT
+    found = {"feature_size": vit.patch_embed.proj.weight.shape[0],
+             "in_channels": vit.patch_embed.proj.weight.shape[1],
+             "depths": tuple(len(getattr(vit, f"layers{i + 1}")[0].blocks) for i in range(len(config.depths))),
+             "num_heads": tuple(getattr(vit, f"layers{i + 1}")[0].blocks[0].attn.num_heads
+                                for i in range(len(config.num_heads))),
+             "window_size": tuple(vit.window_size)}
+    wanted = {"feature_size": config.feature_size, "in_channels": 1, "depths": tuple(config.depths),
+              "num_heads": tuple(config.num_heads), "window_size": (config.window_size,) * 3}
+    wrong = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
+    if wrong:
+        raise ValueError("backbone does not match the configuration: "
+                         + ", ".join(f"{k} is {got}, the configuration has {want}" for k, (got, want) in wrong.items()))
+
+
 class UniversalSeg(nn.Module):
     """The Universal Model, and MoME when ``config.router`` is set (see the module docstring).
+
+    Explained in the book: Chapter 4, section 2 "The architecture" (trained in section 3 "Training both models with
+    partial labels").
 
     ``forward(x)`` takes ``(B, 1, D, H, W)`` CT patches (HU windowed to [0, 1]) whose sides are multiples of 32 and
     returns :class:`MoMEOutput`. The class text embeddings are a buffer (``text_embeddings`` ``(C, text_dim)``,
     :meth:`set_text_embeddings`), as the Universal Model loads its ``txt_encoding.pth``.
+
+    Args:
+        config: the :class:`MoMEConfig`.
+        backbone: a MONAI ``SwinUNETR`` to use instead of a freshly built one (e.g. with the self-supervised Swin
+            weights the Universal Model starts from, ``model.load_from(...)``); its feature size, stages and window
+            must be the configuration's and its input one channel. Its output convolution is replaced by
+            ``nn.Identity`` (the Universal Model's heads replace it), in place.
+
+    Raises:
+        ValueError: invalid experts, router, ``roi_size``, or a ``backbone`` that is not such a SwinUNETR.
 
     Example:
         >>> m = build_model("universal_test")
@@ -194,36 +239,45 @@ class UniversalSeg(nn.Module):
         torch.Size([2, 3, 32, 32, 32])
     """
 
-    def __init__(self, config: MoMEConfig) -> None:
+    def __init__(self, config: MoMEConfig, *, backbone: nn.Module | None = None) -> None:
         super().__init__()
-        from monai.networks.nets import SwinUNETR
-
         unknown = [e for e in config.experts if e not in DECODER_LEVELS or e == "dec4"]
         if unknown or not config.experts:
-            raise ValueError(f"experts must be among {tuple(k for k in DECODER_LEVELS if k != 'dec4')}, got {config.experts}")
+            raise ValueError(f"experts must be among {tuple(k for k in DECODER_LEVELS if k != 'dec4')}, "
+                             f"got {config.experts}")
         if config.router and len(config.experts) < 2:
             raise ValueError("router=True needs at least two experts")
         if not config.router and len(config.experts) != 1:
-            raise ValueError(f"without a router there is one expert (the Universal Model uses ('out',)), got {config.experts}")
+            raise ValueError(f"without a router there is one expert (the Universal Model uses ('out',)), "
+                             f"got {config.experts}")
         if config.roi_size % 32:
             raise ValueError(f"roi_size must be a multiple of 32 (SwinUNETR), got {config.roi_size}")
         self.config = config
         fs = config.feature_size
-        self.backbone = SwinUNETR(in_channels=1, out_channels=config.num_classes, feature_size=fs, depths=config.depths,
-                                  num_heads=config.num_heads, norm_name=config.norm, window_size=config.window_size, use_checkpoint=config.use_checkpoint)
+        if backbone is None:
+            backbone = SwinUNETR(in_channels=1, out_channels=config.num_classes, feature_size=fs, depths=config.depths,
+                                 num_heads=config.num_heads, norm_name=config.norm, window_size=config.window_size,
+                                 use_checkpoint=config.use_checkpoint)
+        else:
+            _check_backbone(backbone, config)
+        self.backbone = backbone
         self.backbone.out = nn.Identity()  # the Universal Model replaces SwinUNETR's output conv by its heads
         self.register_buffer("text_embeddings", torch.zeros(config.num_classes, config.text_dim))
         self.text_to_vision = nn.Linear(config.text_dim, config.code_dim)
-        self.image_code = nn.Sequential(*_norm_relu(16 * fs), nn.AdaptiveAvgPool3d(1), nn.Conv3d(16 * fs, config.code_dim, 1))
+        self.image_code = nn.Sequential(*_norm_relu(16 * fs), nn.AdaptiveAvgPool3d(1),
+                                        nn.Conv3d(16 * fs, config.code_dim, 1))
         self.controller = nn.Conv3d(2 * config.code_dim, NUM_DYNAMIC_PARAMS, 1)
         # One projection per expert to the head width (for "out" this is the Universal Model's precls_conv).
-        self.experts = nn.ModuleDict({e: nn.Sequential(*_norm_relu(DECODER_LEVELS[e][0] * fs), nn.Conv3d(DECODER_LEVELS[e][0] * fs, _HEAD_WIDTH, 1))
+        self.experts = nn.ModuleDict({e: nn.Sequential(*_norm_relu(DECODER_LEVELS[e][0] * fs),
+                                                       nn.Conv3d(DECODER_LEVELS[e][0] * fs, _HEAD_WIDTH, 1))
                                       for e in config.experts})
-        self.router = (TextGuidedRouter(num_experts=len(config.experts), expert_dim=_HEAD_WIDTH, code_dim=config.code_dim,
-                                        hidden=config.router_hidden) if config.router else None)
+        self.router = (TextGuidedRouter(num_experts=len(config.experts), expert_dim=_HEAD_WIDTH,
+                                        code_dim=config.code_dim, hidden=config.router_hidden)
+                       if config.router else None)
 
     def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
-        """Store the class text embeddings ``(C, text_dim)`` (e.g. from :func:`medmoe.papers.mome.recipe.class_text_embeddings`)."""
+        """Store the class text embeddings ``(C, text_dim)`` (e.g. from
+        :func:`medmoe.papers.mome.recipe.class_text_embeddings`)."""
         c, d = self.config.num_classes, self.config.text_dim
         if tuple(embeddings.shape) != (c, d):
             raise ValueError(f"text embeddings must be ({c}, {d}), got {tuple(embeddings.shape)}")
@@ -278,11 +332,40 @@ class UniversalSeg(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_model(name: str | MoMEConfig = "mome_paper", **overrides) -> UniversalSeg:
+def build_model(name: str | MoMEConfig = "mome_paper", *, backbone: nn.Module | None = None,
+                **overrides) -> UniversalSeg:
     """Build a configuration of :data:`CONFIGS` (or a :class:`MoMEConfig`), with field ``overrides``.
+
+    ``backbone``: a MONAI ``SwinUNETR`` to use instead of a fresh one (for pretrained weights; see
+    :class:`UniversalSeg`); ``None`` builds one from the configuration.
+
+    Raises:
+        ValueError: an unknown name or field, an invalid value, or a ``backbone`` that does not match.
 
     Example:
         >>> build_model("mome_test", router_hidden=8).config.router_hidden
         8
     """
-    return UniversalSeg(resolve_config(name, CONFIGS, overrides, what="MoME"))
+    return UniversalSeg(resolve_config(name, CONFIGS, overrides, what="MoME"), backbone=backbone)
+
+
+def example_inputs(name: str | MoMEConfig = "mome_test", *, batch_size: int = 2
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    """A random batch for ``build_model(name)`` (one ``roi_size^3`` patch per item) and the output shapes it must
+    give (the contract test, ``tests/test_contract.py``, runs every paper's ``_test`` configuration through this).
+
+    Returns:
+        ``(kwargs for forward, {output field: expected shape})``; the first field is the one to backpropagate
+        (``router`` only for MoME: the Universal Model's is ``None``).
+
+    Example:
+        >>> kwargs, shapes = example_inputs("mome_test")
+        >>> build_model("mome_test")(**kwargs).router.shape == shapes["router"]
+        True
+    """
+    cfg = resolve_config(name, CONFIGS, {}, what="MoME")
+    s, c = cfg.roi_size, cfg.num_classes
+    shapes = {"logits": (batch_size, c, s, s, s)}
+    if cfg.router:
+        shapes["router"] = (batch_size, c, len(cfg.experts), s, s, s)
+    return {"x": torch.rand(batch_size, 1, s, s, s)}, shapes

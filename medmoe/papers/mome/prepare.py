@@ -52,12 +52,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from medmoe.data import prepare
 from medmoe.data.download import place_file
-from medmoe.data.sources import (EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, MSD_CT_TASKS, default_data_root,
-                                 get_source)
+from medmoe.data.sources import (
+    EXIT_FAILED,
+    EXIT_MANUAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    MSD_CT_TASKS,
+    default_data_root,
+    get_source,
+)
 from medmoe.papers.mome import data as universal
 from medmoe.utils import natural_key
 
@@ -187,8 +195,6 @@ def _find_msd(task: str) -> Callable[[Path], list[Case]]:
 def merge_totalseg(ct: Path, segmentations: Path, out: Path) -> None:
     """Write the one-map label of a TotalSegmentator subject: value ``v`` where a structure of
     ``TOTALSEG_STRUCTURES[v]`` is set (later values win, so kidney cysts lie over the kidneys)."""
-    import nibabel as nib
-
     reference = nib.load(str(ct))
     shape = tuple(reference.shape[:3])
     label = np.zeros(shape, np.uint8)

@@ -94,8 +94,10 @@ def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any
     step = make_step(extra, modalities=modalities, num_experts=model.num_experts, diversity_weight=diversity_weight,
                      balance_weight=balance_weight, aux_weight=aux_weight)
     config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume, run_key=run_key)
+    # own_generator=False: the chapter's numbers were made with a loader that draws its per-epoch base seed from
+    # the global RNG, which the noisy gates also draw from; keeping it keeps them bit-identical.
     return train_loop(model, torch.optim.AdamW(model.parameters(), lr=lr), train_set, step_fn=step, config=config,
-                      batch_size=batch_size, val_set=val_set)
+                      batch_size=batch_size, val_set=val_set, own_generator=False)
 
 
 @torch.no_grad()

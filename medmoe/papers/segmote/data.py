@@ -1,9 +1,15 @@
-"""The IMIS-Bench data layout that SegMoTE trains and evaluates on: read it, write it, enumerate its prompts.
+"""SegMoTE's data: the IMIS-Bench layout it trains and evaluates on (read it, write it, enumerate its prompts), and
+the chapter's task datasets, one item per (image, class).
 
-Used in the book by: *Chapter 3, SegMoTE* (token-level experts inside a frozen SAM-family decoder). The
-chapter's phantoms are written in this layout by :func:`write_imis_layout`, and
-``data_scripts/build_medseg_hq.py`` writes the public sources (ISIC 2018, SZ-CXR, CHAOS, AMOS, ...) in it,
-so one loader serves both.
+Used in the book by: *Chapter 3, SegMoTE* (token-level experts inside a frozen SAM-family decoder), section 1
+"Data: one item per (image, class)". ``data_scripts/build_medseg_hq.py`` (:mod:`medmoe.papers.segmote.prepare`)
+writes the public sources (ISIC 2018, SZ-CXR, CHAOS, AMOS, ...) in this layout with :func:`write_imis_layout`,
+which also writes the tests' fixtures.
+
+The task datasets (end of this file): :class:`SegTasks` is the interface, :class:`PhantomSegTasks` serves the
+``quick`` profile's phantoms (:data:`TASK_CLASSES`, group A :data:`GROUP_A`), :class:`IMISSegTasks` the ``paper``
+profile's IMIS folders (group A :data:`IMIS_GROUP_A`); :func:`cache_embeddings` runs the frozen image encoder once
+per image and :class:`EmbeddingTasks` pairs every item with its image's embedding.
 
 Layout (one folder per data set, named by its ``CODE``)::
 
@@ -58,12 +64,13 @@ Example:
 from __future__ import annotations
 
 import ast
+import bisect
 import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -72,11 +79,15 @@ from scipy import ndimage, sparse
 from torch.utils.data import ConcatDataset, Dataset
 
 from medmoe.backbones.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+from medmoe.data.phantoms import MODALITIES
+from medmoe.engine import make_loader
 
 __all__ = [
     "IMIS_SPLITS", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "IMISDataset", "MultiDatasetIMIS", "collate_imis",
     "mask_file_name", "parse_mask_shape", "pseudo_region_map", "read_sparse_mask", "sam_normalize",
     "write_dataset_json", "write_imis_item", "write_imis_layout", "write_sparse_mask",
+    "TASK_CLASSES", "GROUP_A", "IMIS_GROUP_A", "SegTasks", "PhantomSegTasks", "IMISSegTasks", "EmbeddingTasks",
+    "cache_embeddings",
 ]
 
 IMIS_SPLITS: tuple[str, str] = ("training", "test")
@@ -533,7 +544,8 @@ class IMISDataset(Dataset):
         """Image ``record`` of :attr:`records`: float32 ``(3, S, S)`` RGB in [0, 1], nearest-neighbour resize."""
         with Image.open(self.records[record][0]) as im:
             rgb = np.asarray(im.convert("RGB"))
-        return torch.from_numpy(_resize_nearest(rgb, self.size).astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        image = torch.from_numpy(_resize_nearest(rgb, self.size).astype(np.float32) / 255.0)
+        return image.permute(2, 0, 1).contiguous()
 
     def load_mask(self, record: int, channel: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Class ``channel`` of image ``record``: the mask ``(1, S, S)`` float32 (nearest resize) and the uint8
@@ -617,8 +629,6 @@ class MultiDatasetIMIS(ConcatDataset):
 
     def dataset_code(self, index: int) -> str:
         """The code of the folder item ``index`` comes from (without loading it)."""
-        import bisect
-
         if index < 0:
             index += len(self)
         return self.codes[bisect.bisect_right(self.cumulative_sizes, index)]
@@ -644,3 +654,210 @@ def collate_imis(batch: Sequence[Mapping[str, object]]) -> dict:
     if "imask" in batch[0]:
         out["imask"] = torch.stack([b["imask"] for b in batch])  # type: ignore[misc]
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The chapter's task datasets: one item per (image, class), on phantoms or on IMIS-layout folders
+# --------------------------------------------------------------------------------------------------
+
+
+#: Classes segmented on each phantom modality (``lungs`` = left + right lung).
+TASK_CLASSES: dict[str, tuple[str, ...]] = {
+    "cxr": ("lungs", "heart", "lesion"),
+    "ct": ("left lung", "right lung", "heart", "bone", "lesion"),
+    "mri": ("cerebrospinal fluid", "grey matter", "white matter", "lesion"),
+    "us": ("organ", "lesion"),
+    "derm": ("lesion",),
+}
+#: The binary tasks PPT serves (the code's "group A": ISIC and, in the paper's text, SZ-CXR).
+GROUP_A: frozenset[tuple[str, str]] = frozenset({("derm", "lesion"), ("cxr", "lungs")})
+
+
+def _class_mask(phantom, name: str) -> np.ndarray:
+    if name == "lesion":
+        return phantom.lesion.astype(bool)
+    classes = phantom.anatomy_classes
+    if name == "lungs":
+        return np.isin(phantom.anatomy, [classes.index("left lung"), classes.index("right lung")])
+    return phantom.anatomy == classes.index(name)
+
+
+class SegTasks(Dataset):
+    """Per-(image, class) segmentation items; the shared interface of the phantom and IMIS-layout tasks.
+
+    Explained in the book: Chapter 3, section 1 "Data: one item per (image, class)".
+
+    An item of ``items`` is ``(image_index, group, class_name)``, where ``group`` is a phantom modality or an IMIS
+    data set code (the "modality" the selection statistics are taken over). Subclasses implement
+    :meth:`image`, :meth:`mask` and, if the metric's resolution differs from the input's, :meth:`original_mask`.
+
+    Items: ``image`` float32 ``(3, S, S)``, ``mask`` float32 ``(1, S, S)``, ``modality`` int (into
+    :attr:`modalities`), ``class_index`` int (into :attr:`class_names`, ``"group/class"``), ``image_index`` int,
+    ``group_a`` bool (PPT serves this item's task).
+    """
+
+    items: list[tuple[int, str, str]]
+    modalities: tuple[str, ...]
+    class_names: list[str]
+    group_a: frozenset[tuple[str, str]]
+    num_images: int
+
+    def image(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mask(self, k: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def original_mask(self, k: int) -> torch.Tensor:
+        """Item ``k``'s ground truth ``(H, W)`` at the resolution the metric is taken at (default: the input's)."""
+        return self.mask(k)[0] > 0.5
+
+    def is_group_a(self, k: int) -> bool:
+        return self.items[k][1:] in self.group_a
+
+    def images(self) -> Dataset:
+        """The distinct images as a data set of ``{"image": (3, S, S)}`` (what :func:`cache_embeddings` encodes)."""
+        return _Images(self)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item(self, k: int, *, image: bool = True) -> dict[str, Any]:
+        """Item ``k``; ``image=False`` leaves the image out (when its embedding is cached)."""
+        i, group, name = self.items[k]
+        out = {"mask": self.mask(k), "modality": self.modalities.index(group),
+               "class_index": self.class_names.index(f"{group}/{name}"), "image_index": i,
+               "group_a": self.is_group_a(k)}
+        return {"image": self.image(i), **out} if image else out
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        return self.item(k)
+
+
+class _Images(Dataset):
+    def __init__(self, tasks: SegTasks) -> None:
+        self.tasks = tasks
+
+    def __len__(self) -> int:
+        return self.tasks.num_images
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.tasks.image(i)}
+
+
+class PhantomSegTasks(SegTasks):
+    """Per-(image, class) items (see :class:`SegTasks`) from :class:`medmoe.data.phantoms.PhantomDataset2D`.
+
+    Classes smaller than ``min_area`` pixels in an image are skipped; group A is :data:`GROUP_A`.
+    """
+
+    def __init__(self, phantoms, *, min_area: int = 8) -> None:
+        self.phantoms, self.modalities, self.group_a = phantoms, tuple(MODALITIES), GROUP_A
+        self.num_images = len(phantoms.phantoms)
+        self.class_names = [f"{m}/{c}" for m in MODALITIES for c in TASK_CLASSES[m]]
+        self.items = []
+        for i, ph in enumerate(phantoms.phantoms):
+            for c in TASK_CLASSES[ph.modality]:
+                if _class_mask(ph, c).sum() >= min_area:
+                    self.items.append((i, ph.modality, c))
+        if not self.items:
+            raise ValueError("no class of any image reaches min_area; use larger images or a smaller min_area")
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.phantoms[i]["image"]
+
+    def mask(self, k: int) -> torch.Tensor:
+        i, _, name = self.items[k]
+        return torch.from_numpy(_class_mask(self.phantoms.phantoms[i], name)[None].astype(np.float32))
+
+
+#: SegMoTE's group A in the IMIS layout written by ``data_scripts/build_medseg_hq.py`` (ISIC 2018, SZ-CXR), plus
+#: ISLES 2022, on which Table 4 also evaluates PPT.
+IMIS_GROUP_A: frozenset[tuple[str, str]] = frozenset(
+    {("isic2018_task1", "skin_lesion"), ("sz_cxr", "lung"), ("isles22", "stroke_lesion")})
+
+
+class IMISSegTasks(SegTasks):
+    """Per-(image, class) items (see :class:`SegTasks`) from IMIS-Bench folders (the ``paper`` profile).
+
+    ``data`` is an :class:`IMISDataset` or a :class:`MultiDatasetIMIS` in ``per_class`` mode; the group of an item
+    is its data set code. The metric is taken at the stored resolution (:meth:`original_mask`), as SegMoTE's test
+    code does. ``group_a``: ``(code, class)`` pairs PPT serves.
+
+    Example:
+        >>> tasks = IMISSegTasks(MultiDatasetIMIS(root="data/medseg_hq", split="test", size=512))  # doctest: +SKIP
+    """
+
+    def __init__(self, data, *, group_a: frozenset[tuple[str, str]] | set = IMIS_GROUP_A) -> None:
+        parts = list(getattr(data, "datasets", [data]))
+        if any(getattr(d, "mode", None) != "per_class" for d in parts):
+            raise ValueError("IMISSegTasks needs IMIS data sets in mode='per_class'")
+        self.modalities = tuple(d.code for d in parts)
+        self.class_names = [f"{d.code}/{c}" for d in parts for c in d.classes]
+        self.group_a = frozenset(tuple(g) for g in group_a)
+        self._where: list[tuple[Any, int]] = []  # image_index -> (data set, record)
+        self._channel: list[int] = []
+        self.items = []
+        for d in parts:
+            offset = len(self._where)
+            self._where += [(d, r) for r in range(len(d.records))]
+            for r, ch in d.index:
+                self.items.append((offset + r, d.code, d.all_classes[ch]))
+                self._channel.append(ch)
+        self.num_images = len(self._where)
+        if not self.items:
+            raise ValueError(f"no (image, class) item in {list(self.modalities)}")
+
+    def image(self, i: int) -> torch.Tensor:
+        d, r = self._where[i]
+        return d.load_image(r)
+
+    def mask(self, k: int) -> torch.Tensor:
+        d, r = self._where[self.items[k][0]]
+        return d.load_mask(r, self._channel[k])[0]
+
+    def original_mask(self, k: int) -> torch.Tensor:
+        d, r = self._where[self.items[k][0]]
+        return d.load_mask(r, self._channel[k])[1] > 0
+
+
+@torch.no_grad()
+def cache_embeddings(model, tasks: Dataset, *, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Run the frozen image encoder (``model.encode``, a :class:`~medmoe.papers.segmote.model.SegMoTE`) once per
+    *image* of ``tasks`` (a :class:`SegTasks`); :class:`EmbeddingTasks` finds an item's image by its
+    ``image_index``.
+
+    Returns:
+        ``{"emb": (N_images, D, h, w), "early": (N_images, C_vit, h, w)}``.
+    """
+    device = next(iter(model.parameters())).device
+    emb, early = [], []
+    for batch in make_loader(tasks.images(), batch_size):
+        e, f = model.encode(batch["image"].to(device))
+        emb.append(e)
+        early.append(f)
+    return {"emb": torch.cat(emb), "early": torch.cat(early)}
+
+
+class EmbeddingTasks(Dataset):
+    """:class:`SegTasks` items with the cached frozen embeddings of their image (``emb``, ``early``) and the item's
+    index (``item``): what SegMoTE's recipe trains and evaluates on.
+
+    Explained in the book: Chapter 3, section 4 "Training SegMoTE on the frozen model".
+
+    ``cache=None`` keeps the image instead, and the steps run the frozen encoder on every batch: for data sets whose
+    embeddings do not fit in memory (SAM ViT-B at 512 px: 4 MB per image, ``emb`` plus ``early``).
+    """
+
+    def __init__(self, tasks: SegTasks, cache: dict[str, torch.Tensor] | None) -> None:
+        self.tasks, self.cache = tasks, cache
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        if self.cache is None:
+            return {**self.tasks.item(k), "item": k}
+        item = self.tasks.item(k, image=False)
+        i = item["image_index"]
+        return {**item, "item": k, "emb": self.cache["emb"][i], "early": self.cache["early"][i]}

@@ -1,6 +1,7 @@
 """SegMoTE (Lu et al., CVPR 2026): token-level experts inside a frozen SAM, and prompt-free tokenisation.
 
-Explained in the book: *Chapter 3, SegMoTE*. The SAM parts are ``segment-anything``'s own modules
+Explained in the book: *Chapter 3, SegMoTE* (``chapters/03_segmote``), sections 2 "The frozen foundation model" and
+3 "Where the expert tokens enter, and what trains". The SAM parts are ``segment-anything``'s own modules
 (:class:`~segment_anything.modeling.ImageEncoderViT`, :class:`~segment_anything.modeling.PromptEncoder`,
 :class:`~segment_anything.modeling.MaskDecoder` with its :class:`~segment_anything.modeling.TwoWayTransformer`);
 this file adds only what SegMoTE adds, and keeps every SAM weight frozen:
@@ -26,20 +27,22 @@ gradient -- one public version of the code does that and its router never learns
 proposal, the expert output is multiplied by ``p``, the softmax over all ``E`` (noisy) logits taken at the
 selected expert: the router learns from the segmentation loss through that product and from the balance loss.
 
-Configurations (:data:`CONFIGS`): ``sam_b`` -- the paper's text (SAM ViT-B, 256-wide decoder; load
-``sam_vit_b_01ec64.pth`` with :func:`load_sam_checkpoint`), ``imis_like`` -- the released code's 768-wide decoder
-(random init, for the parameter count of Table 3), ``segmote_quick`` and ``segmote_test`` for CPUs and tests.
+Configurations (:data:`CONFIGS`): ``segmote_paper`` -- the paper's text (SAM ViT-B, 256-wide decoder; load
+``sam_vit_b_01ec64.pth`` with :func:`load_sam_checkpoint`), ``segmote_paper_imis`` -- the released code's 768-wide
+decoder (IMIS-Net's; random init, for the parameter count of Table 3), ``segmote_quick`` and ``segmote_test`` for
+CPUs and tests. The older names ``sam_b`` and ``imis_like`` still work (:data:`ALIASES`).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
-from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
 
 from medmoe.backbones.sam import build_sam as _build_sam
@@ -47,13 +50,15 @@ from medmoe.backbones.sam import load_sam_checkpoint
 from medmoe.moe import GateOutput, NoisyTopKGate, dispatch_combine, importance_load_loss
 from medmoe.utils import check_rank, resolve_config
 
-__all__ = ["SegMoTEConfig", "CONFIGS", "build_sam", "load_sam_checkpoint", "MoTE", "PromptTokenizer", "SegMoTE",
-           "SegMoTEOutput", "build_model"]
+__all__ = ["SegMoTEConfig", "CONFIGS", "ALIASES", "build_sam", "load_sam_checkpoint", "MoTE", "MoTEOutput",
+           "PromptTokenizer", "SegMoTE", "SegMoTEOutput", "build_model", "example_inputs"]
 
 
 @dataclass(frozen=True)
 class SegMoTEConfig:
     """A SegMoTE model as data (see :data:`CONFIGS`).
+
+    Explained in the book: Chapter 3, section 3 "Where the expert tokens enter, and what trains".
 
     Attributes:
         encoder_dim, encoder_depth, encoder_heads, global_attn: the SAM ViT (ViT-B: 768, 12, 12, (2, 5, 8, 11)).
@@ -102,18 +107,23 @@ class SegMoTEConfig:
 
 
 CONFIGS: dict[str, SegMoTEConfig] = {
-    "sam_b": SegMoTEConfig(),
-    "imis_like": SegMoTEConfig(prompt_dim=768),
+    # The paper's text: SAM ViT-B with its 256-wide decoder, at 512 px.
+    "segmote_paper": SegMoTEConfig(),
+    # The released code: IMIS-Net's 768-wide decoder (Table 3's parameter count).
+    "segmote_paper_imis": SegMoTEConfig(prompt_dim=768),
     "segmote_quick": SegMoTEConfig(encoder_dim=96, encoder_depth=4, encoder_heads=4, global_attn=(1, 3), window_size=4,
-                                   image_size=128, patch_size=8, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4, expert_dim=32,
-                                   ppt_heads=4),
+                                   image_size=128, patch_size=8, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4,
+                                   expert_dim=32, ppt_heads=4),
     "segmote_test": SegMoTEConfig(encoder_dim=32, encoder_depth=2, encoder_heads=2, global_attn=(1,), window_size=2,
-                                  image_size=64, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, num_expert_tokens=3,
-                                  num_experts=3, expert_dim=8, ppt_heads=2),
+                                  image_size=64, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2,
+                                  num_expert_tokens=3, num_experts=3, expert_dim=8, ppt_heads=2),
 }
 
+ALIASES: dict[str, str] = {"sam_b": "segmote_paper", "imis_like": "segmote_paper_imis"}
+"""The configurations' older names, still accepted by :func:`build_model`."""
 
-def build_sam(config: SegMoTEConfig):
+
+def build_sam(config: SegMoTEConfig) -> Sam:
     """A ``segment_anything`` ``Sam`` of this configuration (random weights), at ``config.image_size``; built by
     :func:`medmoe.backbones.sam.build_sam`."""
     return _build_sam(image_size=config.image_size, patch_size=config.patch_size, encoder_dim=config.encoder_dim,
@@ -124,6 +134,8 @@ def build_sam(config: SegMoTEConfig):
 
 class MoTE(nn.Module):
     """Mixture of Token Experts for the ``T`` expert tokens of one decoder layer (SegMoTE Sec. 3.3, Eq. 1-9).
+
+    Explained in the book: Chapter 3, section 3 "Where the expert tokens enter, and what trains".
 
     Args:
         dim: token width D.
@@ -166,7 +178,10 @@ class MoTE(nn.Module):
 
 class MoTEOutput(NamedTuple):
     """One layer's MoTE: new expert ``tokens (B, T, D)``, the ``selected`` token per image ``(B,)``, the ``gate``
-    (weights = confidence at the chosen expert), the ``balance`` loss and per-expert ``counts``."""
+    (weights = confidence at the chosen expert), the ``balance`` loss and per-expert ``counts``.
+
+    Explained in the book: Chapter 3, section 6 "Which token is selected, per modality (Fig. 6a) and per layer
+    (Fig. 7)"."""
 
     tokens: torch.Tensor
     selected: torch.Tensor
@@ -177,6 +192,8 @@ class MoTEOutput(NamedTuple):
 
 class PromptTokenizer(nn.Module):
     """Progressive Prompt Tokenization (SegMoTE Sec. 3.4, Fig. 3): ``Q`` prompt tokens from the image alone.
+
+    Explained in the book: Chapter 3, section 5 "Box, point or no prompt (Table 4)".
 
     Learnable queries attend (multi-head attention) over the layer-normed image tokens plus a linear encoding of
     their ``(x, y)`` coordinates in ``[-1, 1]``; an MLP with a residual and a final LayerNorm gives the tokens, which
@@ -209,6 +226,9 @@ class PromptTokenizer(nn.Module):
 class SegMoTEOutput(NamedTuple):
     """A SegMoTE forward pass.
 
+    Explained in the book: Chapter 3, section 6 "Which token is selected, per modality (Fig. 6a) and per layer
+    (Fig. 7)".
+
     Attributes:
         masks: ``(B, 1, 4h, 4w)`` low-resolution logits from each image's selected expert token (SAM's 256 x 256
             for a 1024-px input; upsample to the image with :meth:`SegMoTE.upscale`).
@@ -228,6 +248,9 @@ class SegMoTEOutput(NamedTuple):
 class SegMoTE(nn.Module):
     """SAM with expert tokens, MoTE in every decoder layer, expert mask heads and PPT; SAM stays frozen.
 
+    Explained in the book: Chapter 3, sections 2 "The frozen foundation model" and 3 "Where the expert tokens
+    enter, and what trains".
+
     ``encode`` runs the (frozen) image encoder once; ``forward`` decodes from cached embeddings with box or point
     prompts (SAM's prompt encoder) or prompt-free (``prompt_free=True``: PPT's tokens replace the sparse prompts).
 
@@ -239,26 +262,25 @@ class SegMoTE(nn.Module):
         ((2, 1, 16, 16), (2, 3, 16, 16), (2,))
     """
 
-    def __init__(self, *, config: SegMoTEConfig, sam=None) -> None:
+    def __init__(self, *, config: SegMoTEConfig, backbone: Sam | None = None) -> None:
         super().__init__()
         self.config = config
-        self.sam = sam if sam is not None else build_sam(config)
+        self.sam = backbone if backbone is not None else build_sam(config)
         d, t = config.prompt_dim, config.num_expert_tokens
         self.expert_tokens = nn.Embedding(t, d)
         self.motes = nn.ModuleList(MoTE(dim=d, num_experts=config.num_experts, expert_dim=config.expert_dim)
                                    for _ in self.sam.mask_decoder.transformer.layers)
-        from segment_anything.modeling.common import LayerNorm2d
-        from segment_anything.modeling.mask_decoder import MLP
-
         self.expert_hypernets = nn.ModuleList(MLP(d, d, d // 8, 3) for _ in range(t))
         if config.hq_features:
             e = config.encoder_dim
             self.expert_embedding_encoder = nn.Sequential(
-                nn.ConvTranspose2d(d, d // 4, 2, 2), LayerNorm2d(d // 4), nn.GELU(), nn.ConvTranspose2d(d // 4, d // 8, 2, 2))
+                nn.ConvTranspose2d(d, d // 4, 2, 2), LayerNorm2d(d // 4), nn.GELU(),
+                nn.ConvTranspose2d(d // 4, d // 8, 2, 2))
             self.compress_vit_feat = nn.Sequential(
                 nn.ConvTranspose2d(e, d, 2, 2), LayerNorm2d(d), nn.GELU(), nn.ConvTranspose2d(d, d // 8, 2, 2))
             self.expert_feature_fusion = nn.Sequential(
-                nn.Conv2d(d // 8, d // 4, 3, padding=1), LayerNorm2d(d // 4), nn.GELU(), nn.Conv2d(d // 4, d // 8, 3, padding=1))
+                nn.Conv2d(d // 8, d // 4, 3, padding=1), LayerNorm2d(d // 4), nn.GELU(),
+                nn.Conv2d(d // 4, d // 8, 3, padding=1))
         self.ppt = PromptTokenizer(dim=d, num_queries=config.ppt_queries, num_heads=config.ppt_heads)
         self.freeze_sam()
 
@@ -353,7 +375,8 @@ class SegMoTE(nn.Module):
         return self.decode(image_embeddings, early_features, sparse=sparse, dense=dense)
 
     def prompt_tokens(self, image_embeddings: torch.Tensor, *, boxes: torch.Tensor | None = None,
-                      points: tuple[torch.Tensor, torch.Tensor] | None = None, prompt_free: bool = False) -> torch.Tensor:
+                      points: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      prompt_free: bool = False) -> torch.Tensor:
         """The sparse prompt tokens ``(B, 2, D)`` of one kind: a box (2 corner tokens), one point (SAM pads it with a
         not-a-point token) or PPT's ``Q = 2`` tokens -- so batches can mix prompt kinds row by row."""
         if prompt_free:
@@ -405,7 +428,46 @@ class SegMoTE(nn.Module):
         return F.interpolate(masks, size=s, mode="bilinear", align_corners=False)
 
 
-def build_model(name: str | SegMoTEConfig = "sam_b", *, sam=None, **overrides) -> SegMoTE:
-    """A :class:`SegMoTE` from a name of :data:`CONFIGS` (or a config), fields overridden by keyword; ``sam``
-    passes an existing (e.g. pretrained) ``Sam`` of the same configuration."""
-    return SegMoTE(config=resolve_config(name, CONFIGS, overrides, what="SegMoTE"), sam=sam)
+def build_model(name: str | SegMoTEConfig = "segmote_paper", *, backbone: Sam | None = None,
+                **overrides) -> SegMoTE:
+    """A :class:`SegMoTE` from a name of :data:`CONFIGS` (or an older name of :data:`ALIASES`, or a config), fields
+    overridden by keyword, e.g. ``build_model("segmote_quick", num_experts=8)``.
+
+    ``backbone`` passes an existing (e.g. pretrained, see :func:`load_sam_checkpoint`) ``segment_anything`` ``Sam``
+    of the same configuration; ``None`` builds one with random weights (:func:`build_sam`). Either way it is frozen.
+
+    Raises:
+        ValueError: an unknown name or field, or an invalid value.
+
+    Example:
+        >>> build_model("segmote_test").config.num_expert_tokens
+        3
+        >>> ALIASES["imis_like"], CONFIGS["segmote_paper_imis"].prompt_dim
+        ('segmote_paper_imis', 768)
+    """
+    return SegMoTE(config=resolve_config(name, CONFIGS, overrides, what="SegMoTE", aliases=ALIASES), backbone=backbone)
+
+
+def example_inputs(name: str | SegMoTEConfig = "segmote_test", *, batch_size: int = 2
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    """A random batch for ``build_model(name)``'s forward (cached image embeddings, early ViT features and one box
+    per image) and the output shapes it must give (the contract test, ``tests/test_contract.py``, runs every
+    paper's ``_test`` configuration through this).
+
+    Returns:
+        ``(kwargs for forward, {output field: expected shape})``; the first field is the one to backpropagate.
+
+    Example:
+        >>> kwargs, shapes = example_inputs("segmote_test")
+        >>> build_model("segmote_test")(**kwargs).masks.shape == shapes["masks"]
+        True
+    """
+    cfg = resolve_config(name, CONFIGS, {}, what="SegMoTE", aliases=ALIASES)
+    grid = cfg.image_size // cfg.patch_size
+    side = cfg.image_size
+    kwargs = {"image_embeddings": torch.randn(batch_size, cfg.prompt_dim, grid, grid),
+              "early_features": torch.randn(batch_size, cfg.encoder_dim, grid, grid),
+              "boxes": torch.tensor([[side / 16, side / 8, side * 5 / 8, side * 3 / 4]] * batch_size)}
+    low = 4 * grid
+    return kwargs, {"masks": (batch_size, 1, low, low), "expert_masks": (batch_size, cfg.num_expert_tokens, low, low),
+                    "selected": (batch_size,)}

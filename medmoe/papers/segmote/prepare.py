@@ -73,6 +73,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from PIL import Image
 
@@ -173,8 +174,6 @@ def _read_grey(path: Path) -> np.ndarray:
 
 def _load_nifti(path: Path) -> np.ndarray:
     """A NIfTI volume as a float array in RAS orientation ``(X, Y, Z)``."""
-    import nibabel as nib
-
     try:
         image = nib.as_closest_canonical(nib.load(str(path)))
     except Exception as err:  # nibabel raises several types for broken files
@@ -189,7 +188,7 @@ def axial(volume: np.ndarray, z: int) -> np.ndarray:
 
 def _require_pydicom():
     try:
-        import pydicom
+        import pydicom  # lazy: optional dependency, only the CHAOS sources need it
     except ImportError:
         raise ImportError("CHAOS is stored as DICOM, which needs pydicom (not a medmoe dependency): "
                           "pip install pydicom") from None
@@ -415,7 +414,8 @@ BUILDERS: dict[str, Builder] = {b.key: b for b in (
             "s<id>/mri.nii.gz and s<id>/segmentations/<structure>.nii.gz anywhere inside", find_totalseg_mri,
             ood=True),
     Builder("isles22", "isles22", "isles22", ("stroke_lesion",), "mr",
-            "rawdata/sub-strokecase<id>/ses-0001/dwi/*_dwi.nii.gz and derivatives/sub-strokecase<id>/ses-0001/*_msk.nii.gz",
+            "rawdata/sub-strokecase<id>/ses-0001/dwi/*_dwi.nii.gz and "
+            "derivatives/sub-strokecase<id>/ses-0001/*_msk.nii.gz",
             find_isles22, ood=True),
 )}
 

@@ -1,14 +1,27 @@
-"""SegMoTE's segmentation tasks, prompts, losses, training steps and evaluation (book: *Chapter 3, SegMoTE*).
+"""SegMoTE's recipe: prompts, losses, training steps, the two training stages and evaluation.
 
-* Tasks: one item per (image, class present in it), as the reference code prompts each class of an image
-  separately. On the phantoms the classes are anatomy structures and the lesions of five modalities; two binary
-  tasks play the role of the paper's "group A" (ISIC skin lesions and SZ-CXR lungs), the only ones PPT serves:
-  ``derm``/``lesion`` and ``cxr``/``lungs``.
+Explained in the book: *Chapter 3, SegMoTE* (``chapters/03_segmote``), sections 2 "The frozen foundation model",
+4 "Training SegMoTE on the frozen model" and 5 "Box, point or no prompt (Table 4)". The same four verbs as every
+paper's recipe:
+
+* :func:`build` -- the model (:func:`medmoe.papers.segmote.model.build_model`);
+* :func:`train` -- ``stage="segmote"``: the expert tokens, MoTE, expert heads and PPT on a frozen SAM;
+  ``stage="sam_pretrain"``: the quick profile's stand-in SAM, end to end, before it is frozen. Both with
+  :func:`medmoe.engine.train_loop`;
+* :func:`evaluate` -- Dice with one prompt kind for every item, and what the router chose;
+* :func:`count` -- parameter counts (Table 3).
+
+What the steps do:
+
+* Items: one per (image, class present in it), as the reference code prompts each class of an image separately
+  (the task datasets are in :mod:`medmoe.papers.segmote.data`). Two binary phantom tasks play the role of the
+  paper's "group A" (ISIC skin lesions and SZ-CXR lungs), the only ones PPT serves: ``derm``/``lesion`` and
+  ``cxr``/``lungs``.
 * Prompts as the code samples them: a box is the mask's box with +-5 px jitter (scaled to the image size); a point
   is drawn from the half of the foreground pixels closest to the centroid; group-A items may also be prompt-free.
 * Loss: ``20 x focal (gamma 2, alpha 0.25) + Dice`` on the low-resolution logits (MONAI ``DiceFocalLoss``; the
   code's loss without its IoU-regression term, since the IoU head is frozen and unused) plus ``0.01 L_balance``
-  (Eq. 11).
+  (Eq. 11); the quick profile trains with Dice + BCE (``loss="dice_bce"``).
 * Metric: :func:`medmoe.metrics.per_class_per_image_dice` -- Dice per class per image at the original
   resolution, averaged over the classes of an image, then over images.
 * The stand-in foundation model of the quick profile: SAM's modules at a small size, pretrained on the phantoms with
@@ -20,175 +33,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from monai.losses import DiceCELoss, DiceFocalLoss
+from torch import nn
+from torch.utils.data import Subset
+
+from medmoe.engine import FitResult, TrainConfig, make_loader, train_loop
+from medmoe.metrics import per_class_per_image_dice
+from medmoe.papers.segmote.data import EmbeddingTasks
+from medmoe.papers.segmote.model import SegMoTE, build_model
+from medmoe.utils import count_parameters
 
 __all__ = [
-    "TASK_CLASSES", "GROUP_A", "IMIS_GROUP_A", "SegTasks", "PhantomSegTasks", "IMISSegTasks", "box_from_mask", "point_from_mask", "sample_prompts",
-    "sam_decode", "prompt_tokens_by_kind", "sam_pretrain_step", "standin_loss", "cache_embeddings", "EmbeddingTasks", "seg_loss", "segmote_step",
-    "evaluate",
+    "STAGES", "LOSSES", "build", "box_from_mask", "point_from_mask", "sample_prompts", "sam_decode",
+    "prompt_tokens_by_kind", "sam_pretrain_step", "standin_loss", "seg_loss", "segmote_step", "train", "evaluate",
+    "count",
 ]
 
-#: Classes segmented on each phantom modality (``lungs`` = left + right lung).
-TASK_CLASSES: dict[str, tuple[str, ...]] = {
-    "cxr": ("lungs", "heart", "lesion"),
-    "ct": ("left lung", "right lung", "heart", "bone", "lesion"),
-    "mri": ("cerebrospinal fluid", "grey matter", "white matter", "lesion"),
-    "us": ("organ", "lesion"),
-    "derm": ("lesion",),
-}
-#: The binary tasks PPT serves (the code's "group A": ISIC and, in the paper's text, SZ-CXR).
-GROUP_A: frozenset[tuple[str, str]] = frozenset({("derm", "lesion"), ("cxr", "lungs")})
+STAGES = ("segmote", "sam_pretrain")
+"""The training stages of :func:`train`."""
 
-
-def _class_mask(phantom, name: str) -> np.ndarray:
-    if name == "lesion":
-        return phantom.lesion.astype(bool)
-    classes = phantom.anatomy_classes
-    if name == "lungs":
-        return np.isin(phantom.anatomy, [classes.index("left lung"), classes.index("right lung")])
-    return phantom.anatomy == classes.index(name)
-
-
-class SegTasks(Dataset):
-    """Per-(image, class) segmentation items; the shared interface of the phantom and IMIS-layout tasks.
-
-    An item of ``items`` is ``(image_index, group, class_name)``, where ``group`` is a phantom modality or an IMIS
-    data set code (the "modality" the selection statistics are taken over). Subclasses implement
-    :meth:`image`, :meth:`mask` and, if the metric's resolution differs from the input's, :meth:`original_mask`.
-
-    Items: ``image`` float32 ``(3, S, S)``, ``mask`` float32 ``(1, S, S)``, ``modality`` int (into
-    :attr:`modalities`), ``class_index`` int (into :attr:`class_names`, ``"group/class"``), ``image_index`` int,
-    ``group_a`` bool (PPT serves this item's task).
-    """
-
-    items: list[tuple[int, str, str]]
-    modalities: tuple[str, ...]
-    class_names: list[str]
-    group_a: frozenset[tuple[str, str]]
-    num_images: int
-
-    def image(self, i: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def mask(self, k: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def original_mask(self, k: int) -> torch.Tensor:
-        """Item ``k``'s ground truth ``(H, W)`` at the resolution the metric is taken at (default: the input's)."""
-        return self.mask(k)[0] > 0.5
-
-    def is_group_a(self, k: int) -> bool:
-        return self.items[k][1:] in self.group_a
-
-    def images(self) -> Dataset:
-        """The distinct images as a data set of ``{"image": (3, S, S)}`` (what :func:`cache_embeddings` encodes)."""
-        return _Images(self)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def item(self, k: int, *, image: bool = True) -> dict[str, Any]:
-        """Item ``k``; ``image=False`` leaves the image out (when its embedding is cached)."""
-        i, group, name = self.items[k]
-        out = {"mask": self.mask(k), "modality": self.modalities.index(group),
-               "class_index": self.class_names.index(f"{group}/{name}"), "image_index": i, "group_a": self.is_group_a(k)}
-        return {"image": self.image(i), **out} if image else out
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        return self.item(k)
-
-
-class _Images(Dataset):
-    def __init__(self, tasks: SegTasks) -> None:
-        self.tasks = tasks
-
-    def __len__(self) -> int:
-        return self.tasks.num_images
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.tasks.image(i)}
-
-
-class PhantomSegTasks(SegTasks):
-    """Per-(image, class) items (see :class:`SegTasks`) from :class:`medmoe.data.phantoms.PhantomDataset2D`.
-
-    Classes smaller than ``min_area`` pixels in an image are skipped; group A is :data:`GROUP_A`.
-    """
-
-    def __init__(self, phantoms, *, min_area: int = 8) -> None:
-        from medmoe.data.phantoms import MODALITIES
-
-        self.phantoms, self.modalities, self.group_a = phantoms, tuple(MODALITIES), GROUP_A
-        self.num_images = len(phantoms.phantoms)
-        self.class_names = [f"{m}/{c}" for m in MODALITIES for c in TASK_CLASSES[m]]
-        self.items = []
-        for i, ph in enumerate(phantoms.phantoms):
-            for c in TASK_CLASSES[ph.modality]:
-                if _class_mask(ph, c).sum() >= min_area:
-                    self.items.append((i, ph.modality, c))
-        if not self.items:
-            raise ValueError("no class of any image reaches min_area; use larger images or a smaller min_area")
-
-    def image(self, i: int) -> torch.Tensor:
-        return self.phantoms[i]["image"]
-
-    def mask(self, k: int) -> torch.Tensor:
-        i, _, name = self.items[k]
-        return torch.from_numpy(_class_mask(self.phantoms.phantoms[i], name)[None].astype(np.float32))
-
-
-#: SegMoTE's group A in the IMIS layout written by ``data_scripts/build_medseg_hq.py`` (ISIC 2018, SZ-CXR), plus
-#: ISLES 2022, on which Table 4 also evaluates PPT.
-IMIS_GROUP_A: frozenset[tuple[str, str]] = frozenset(
-    {("isic2018_task1", "skin_lesion"), ("sz_cxr", "lung"), ("isles22", "stroke_lesion")})
-
-
-class IMISSegTasks(SegTasks):
-    """Per-(image, class) items (see :class:`SegTasks`) from IMIS-Bench folders (the ``paper`` profile).
-
-    ``data`` is a :class:`medmoe.papers.segmote.data.IMISDataset` or :class:`~medmoe.papers.segmote.data.MultiDatasetIMIS` in
-    ``per_class`` mode; the group of an item is its data set code. The metric is taken at the stored resolution
-    (:meth:`original_mask`), as SegMoTE's test code does. ``group_a``: ``(code, class)`` pairs PPT serves.
-
-    Example:
-        >>> from medmoe.papers.segmote.data import MultiDatasetIMIS
-        >>> tasks = IMISSegTasks(MultiDatasetIMIS(root="data/medseg_hq", split="test", size=512))  # doctest: +SKIP
-    """
-
-    def __init__(self, data, *, group_a: frozenset[tuple[str, str]] | set = IMIS_GROUP_A) -> None:
-        parts = list(getattr(data, "datasets", [data]))
-        if any(getattr(d, "mode", None) != "per_class" for d in parts):
-            raise ValueError("IMISSegTasks needs IMIS data sets in mode='per_class'")
-        self.modalities = tuple(d.code for d in parts)
-        self.class_names = [f"{d.code}/{c}" for d in parts for c in d.classes]
-        self.group_a = frozenset(tuple(g) for g in group_a)
-        self._where: list[tuple[Any, int]] = []  # image_index -> (data set, record)
-        self._channel: list[int] = []
-        self.items = []
-        for d in parts:
-            offset = len(self._where)
-            self._where += [(d, r) for r in range(len(d.records))]
-            for r, ch in d.index:
-                self.items.append((offset + r, d.code, d.all_classes[ch]))
-                self._channel.append(ch)
-        self.num_images = len(self._where)
-        if not self.items:
-            raise ValueError(f"no (image, class) item in {list(self.modalities)}")
-
-    def image(self, i: int) -> torch.Tensor:
-        d, r = self._where[i]
-        return d.load_image(r)
-
-    def mask(self, k: int) -> torch.Tensor:
-        d, r = self._where[self.items[k][0]]
-        return d.load_mask(r, self._channel[k])[0]
-
-    def original_mask(self, k: int) -> torch.Tensor:
-        d, r = self._where[self.items[k][0]]
-        return d.load_mask(r, self._channel[k])[1] > 0
+build = build_model
 
 
 def box_from_mask(mask: torch.Tensor, *, jitter: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -235,7 +101,8 @@ def sample_prompts(masks: torch.Tensor, group_a: torch.Tensor, *, generator: tor
 
 
 def sam_decode(sam, image_embeddings: torch.Tensor, *, boxes: torch.Tensor | None = None,
-               points: tuple[torch.Tensor, torch.Tensor] | None = None, sparse: torch.Tensor | None = None) -> torch.Tensor:
+               points: tuple[torch.Tensor, torch.Tensor] | None = None,
+               sparse: torch.Tensor | None = None) -> torch.Tensor:
     """Plain SAM, batched one prompt per image: low-resolution logits ``(B, 1, 4h, 4w)`` from SAM's first mask
     token (``multimask_output=False``). ``segment_anything``'s ``MaskDecoder.predict_masks`` pairs every prompt with
     one image; this runs its modules for a batch of (image, prompt) pairs. ``sparse`` passes ready prompt tokens
@@ -266,21 +133,22 @@ def prompt_tokens_by_kind(kinds: Sequence[str], encode, *, batch: int, dim: int,
     return sparse
 
 
-def seg_loss():
+def seg_loss() -> DiceFocalLoss:
     """``20 x focal + Dice`` with sigmoid (the code's segmentation loss without its IoU-regression term)."""
-    from monai.losses import DiceFocalLoss
-
     return DiceFocalLoss(sigmoid=True, gamma=2.0, alpha=0.25, lambda_focal=20.0, lambda_dice=1.0)
 
 
-def standin_loss():
+def standin_loss() -> DiceCELoss:
     """Dice + BCE (MONAI ``DiceCELoss``) for pretraining the quick profile's stand-in SAM. Measured on the phantoms
     (segmote_quick, 900 items, 5 epochs): with the code's ``20 x focal + Dice`` the small SAM collapsed to
     background (Dice 0.000 after 4 epochs, patch 16); with Dice + BCE and patch 8 it reached a training loss of 0.79
     and SegMoTE on top of it box Dice 0.585, point 0.502, prompt-free (PPT, group A) 0.817."""
-    from monai.losses import DiceCELoss
-
     return DiceCELoss(sigmoid=True)
+
+
+LOSSES = {"dice_bce": standin_loss, "focal_dice": seg_loss}
+"""The segmentation losses :func:`train` knows: ``dice_bce`` (:func:`standin_loss`) and ``focal_dice`` (the code's
+``20 x focal + Dice``, :func:`seg_loss`)."""
 
 
 def _low_res(mask: torch.Tensor, size: int) -> torch.Tensor:
@@ -304,42 +172,6 @@ def sam_pretrain_step(sam, batch, *, loss_fn, generator: torch.Generator | None 
     out = sam_decode(sam, emb, sparse=sparse)
     loss = loss_fn(out, _low_res(masks, out.shape[-1]))
     return {"loss": loss}
-
-
-@torch.no_grad()
-def cache_embeddings(model, tasks: Dataset, *, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Run the frozen image encoder once per *image* and keep, per item, the index of its image's embedding."""
-    from torch.utils.data import DataLoader
-
-    device = next(iter(model.parameters())).device
-    emb, early = [], []
-    for batch in DataLoader(tasks.images(), batch_size=batch_size):
-        e, f = model.encode(batch["image"].to(device))
-        emb.append(e)
-        early.append(f)
-    return {"emb": torch.cat(emb), "early": torch.cat(early)}
-
-
-class EmbeddingTasks(Dataset):
-    """:class:`SegTasks` items with the cached frozen embeddings of their image (``emb``, ``early``) and the item's
-    index (``item``).
-
-    ``cache=None`` keeps the image instead, and the steps run the frozen encoder on every batch: for data sets whose
-    embeddings do not fit in memory (SAM ViT-B at 512 px: 4 MB per image, ``emb`` plus ``early``).
-    """
-
-    def __init__(self, tasks: SegTasks, cache: dict[str, torch.Tensor] | None) -> None:
-        self.tasks, self.cache = tasks, cache
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        if self.cache is None:
-            return {**self.tasks.item(k), "item": k}
-        item = self.tasks.item(k, image=False)
-        i = item["image_index"]
-        return {**item, "item": k, "emb": self.cache["emb"][i], "early": self.cache["early"][i]}
 
 
 def _prompted(model, batch, kinds: Sequence[str], boxes, points):
@@ -375,8 +207,9 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
 
     ``prompt``: ``box`` (the mask's box, no jitter), ``point`` (one foreground point) or ``free`` (PPT, group-A items
     only). The metric is :func:`medmoe.metrics.per_class_per_image_dice`: each item's low-resolution logits are
-    upsampled (bilinear) to its ground truth's resolution (:meth:`SegTasks.original_mask`: the stored image size
-    for IMIS data, as the reference test code), thresholded at 0, and scored per class per image; the classes of an
+    upsampled (bilinear) to its ground truth's resolution
+    (:meth:`~medmoe.papers.segmote.data.SegTasks.original_mask`: the stored image size for IMIS data, as the
+    reference test code), thresholded at 0, and scored per class per image; the classes of an
     image are averaged, then the images.
 
     Returns ``dice`` (float), ``per_class`` ``(len(class_names),)`` (NaN for classes never evaluated) and ``rows``:
@@ -384,10 +217,6 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
     chose for that token (``experts``) and the last layer's routing confidence per token (``confidence``,
     ``(T,)``: the softmax probability of each token's chosen expert).
     """
-    from torch.utils.data import DataLoader, Subset
-
-    from medmoe.metrics import per_class_per_image_dice
-
     if prompt not in ("box", "point", "free"):
         raise ValueError(f"prompt must be box, point or free, got {prompt!r}")
     tasks = data.tasks
@@ -401,7 +230,7 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
     g = torch.Generator().manual_seed(seed)
     logits, rows = {}, []
     device = next(iter(model.trainable_parameters())).device
-    for batch in DataLoader(data, batch_size=batch_size):
+    for batch in make_loader(data, batch_size):
         batch = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
         b = batch["mask"].shape[0]
         boxes = torch.stack([box_from_mask(batch["mask"][i, 0]) for i in range(b)])
@@ -412,8 +241,9 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
         for i in range(b):
             k, sel = int(batch["item"][i]), int(out.selected[i])
             logits[k] = out.masks[i:i + 1].float().cpu()
-            rows.append({"item": k, "image_index": int(batch["image_index"][i]), "class_index": int(batch["class_index"][i]),
-                         "modality": int(batch["modality"][i]), "selected": sel,
+            rows.append({"item": k, "image_index": int(batch["image_index"][i]),
+                         "class_index": int(batch["class_index"][i]), "modality": int(batch["modality"][i]),
+                         "selected": sel,
                          "experts": [int(m.gate.indices[i, sel, 0]) for m in out.motes],
                          "confidence": conf[i].float().cpu().tolist()})
     model.train(was)
@@ -425,7 +255,8 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
     per_image, sums, counts = [], torch.zeros(n_cls, dtype=torch.float64), torch.zeros(n_cls, dtype=torch.float64)
     for group in by_image.values():
         truth = torch.stack([tasks.original_mask(r["item"]) for r in group])[None].to(device)
-        pred = model.upscale(torch.cat([logits[r["item"]] for r in group]), size=tuple(truth.shape[-2:]))[:, 0][None] > 0
+        low = torch.cat([logits[r["item"]] for r in group])
+        pred = model.upscale(low, size=tuple(truth.shape[-2:]))[:, 0][None] > 0
         res = per_class_per_image_dice(pred, truth, ignore_background=False)
         per_image.append(float(res["per_image"][0]))
         for j, r in enumerate(group):
@@ -433,3 +264,72 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
             counts[r["class_index"]] += 1
     per_image_t = torch.tensor(per_image, dtype=torch.float64)
     return {"dice": float(per_image_t[~per_image_t.isnan()].mean()), "per_class": sums / counts, "rows": rows}
+
+
+def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any, epochs: int, lr: float,
+          batch_size: int, seed: int = 0, run_key: str | None = None, stage: str = "segmote", loss: str = "dice_bce",
+          balance_weight: float = 0.01, lr_milestones: Sequence[int] = (), progress: bool = False,
+          resume: bool = True) -> FitResult:
+    """Train one stage with :func:`medmoe.engine.train_loop` (AdamW at ``lr``, ``epochs`` epochs, batches of
+    ``batch_size`` shuffled with ``seed``).
+
+    Stages:
+
+    * ``"segmote"`` (Eq. 11): ``model`` is a :class:`~medmoe.papers.segmote.model.SegMoTE` with a frozen SAM and
+      ``train_set`` an :class:`~medmoe.papers.segmote.data.EmbeddingTasks`; only the new modules train
+      (:meth:`SegMoTE.trainable_parameters`), with :func:`segmote_step`: a prompt kind drawn per item,
+      ``LOSSES[loss] + balance_weight x L_balance``. ``lr_milestones``: halve the learning rate after these epochs
+      (``MultiStepLR``, stepped once per epoch; the paper's schedule is ``(7, 12)``).
+    * ``"sam_pretrain"``: the quick profile's stand-in foundation model. ``model`` is the ``Sam`` to pretrain (or
+      a SegMoTE, whose ``sam`` is taken); every SAM weight is unfrozen and trained end to end with a box or a point
+      per item of ``train_set`` (a :class:`~medmoe.papers.segmote.data.SegTasks`), :func:`sam_pretrain_step`.
+      Freeze it afterwards (:meth:`SegMoTE.freeze_sam`).
+
+    The prompts are drawn from a ``torch.Generator`` seeded with ``seed``. ``resume=True``: a run interrupted
+    under the same ``run_key`` continues from its last epoch (:func:`medmoe.engine.fit`).
+
+    Raises:
+        ValueError: an unknown ``stage`` or ``loss``, or ``lr_milestones`` with ``stage="sam_pretrain"``.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; use one of {STAGES}")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; use one of {sorted(LOSSES)}")
+    loss_fn = LOSSES[loss]()
+    generator = torch.Generator().manual_seed(seed)
+    if stage == "sam_pretrain":
+        if lr_milestones:
+            raise ValueError("lr_milestones is for stage='segmote'; the stand-in SAM trains at a constant lr")
+        sam = model.sam if isinstance(model, SegMoTE) else model
+        for p in sam.parameters():
+            p.requires_grad_(True)
+        config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume,
+                             run_key=run_key)
+        return train_loop(sam, torch.optim.AdamW(sam.parameters(), lr=lr), train_set,
+                          step_fn=lambda m, b: sam_pretrain_step(m, b, loss_fn=loss_fn, generator=generator),
+                          config=config, batch_size=batch_size, val_set=val_set)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=lr)
+    milestones = [int(e) for e in lr_milestones]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.5) if milestones else None
+    config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume, run_key=run_key,
+                         scheduler_interval="epoch")
+    return train_loop(model, optimizer, train_set,
+                      step_fn=lambda m, b: segmote_step(m, b, loss_fn=loss_fn, balance_weight=balance_weight,
+                                                        generator=generator),
+                      config=config, batch_size=batch_size, val_set=val_set, scheduler=scheduler)
+
+
+def count(model: nn.Module) -> dict[str, int]:
+    """Parameters of a :class:`~medmoe.papers.segmote.model.SegMoTE` (Table 3): ``total``, ``trainable`` (the
+    learnable parameters), ``sam`` (the frozen foundation model), ``ppt`` (PPT), ``mote_side`` (everything learnable
+    but PPT: expert tokens, MoTE, expert heads) and ``experts`` (the experts of every MoTE layer together).
+
+    Example:
+        >>> c = count(build_model("segmote_test"))
+        >>> c["trainable"] == c["mote_side"] + c["ppt"], c["total"] == c["sam"] + c["trainable"]
+        (True, True)
+    """
+    trainable = count_parameters(model, trainable_only=True)
+    ppt = count_parameters(model.ppt)
+    return {"total": count_parameters(model), "trainable": trainable, "sam": count_parameters(model.sam), "ppt": ppt,
+            "mote_side": trainable - ppt, "experts": sum(count_parameters(m.experts) for m in model.motes)}

@@ -200,8 +200,6 @@ def arrange_lvit_layout(
             "masks_binarised": placer.masks_binarised}
 
 
-
-
 def check_workbooks(
     given: str | Path | None,
     *,

@@ -48,11 +48,11 @@ import os
 import sys
 from pathlib import Path
 
-from medmoe.data.download import ChecksumError, DownloadError, ManualDownloadRequired, sha256sum
 from medmoe.data import prepare as prep
+from medmoe.data.download import ChecksumError, DownloadError, ManualDownloadRequired, sha256sum
+from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root
 from medmoe.papers.mlmoe import data as mlmoe_data
 from medmoe.papers.mlmoe import prepare as arrange
-from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root
 
 DEFAULT_ROOT = default_data_root()
 

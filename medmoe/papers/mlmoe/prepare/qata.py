@@ -40,13 +40,13 @@ import os
 import sys
 from pathlib import Path
 
-from medmoe.data.download import ChecksumError, DownloadError, ManualDownloadRequired, sha256sum
+import pandas as pd
+
 from medmoe.data import prepare as prep
+from medmoe.data.download import ChecksumError, DownloadError, ManualDownloadRequired, sha256sum
+from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root
 from medmoe.papers.mlmoe import data as mlmoe_data
 from medmoe.papers.mlmoe import prepare as arrange
-from medmoe.data.sources import EXIT_FAILED, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, default_data_root
-
-import pandas as pd
 
 DEFAULT_ROOT = default_data_root()
 
@@ -136,7 +136,8 @@ def _read_ids(path: Path, keys: dict[str, list[int]]) -> list[int]:
     return rows
 
 
-def split_train_val(train_rows: list[mlmoe_data.TextRow], text_dir: Path, mode: str) -> tuple[list[int], list[int], str]:
+def split_train_val(train_rows: list[mlmoe_data.TextRow], text_dir: Path,
+                    mode: str) -> tuple[list[int], list[int], str]:
     """``(train row indices, val row indices, how)`` for LViT's train workbook."""
     have_ids = (text_dir / TRAIN_IDS).is_file() and (text_dir / VAL_IDS).is_file()
     if mode == "ids" and not have_ids:
@@ -218,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
         rows = {}
         for key, name, folder in (("train", TRAIN_TEXT, "Train Set"), ("test", TEST_TEXT, "Test Set")):
             table = text_dir / name
-            rows[key] = [mlmoe_data.TextRow(table, r, m, t, kaggle / folder / KAGGLE_MASKS, kaggle / folder / KAGGLE_IMAGES)
+            rows[key] = [mlmoe_data.TextRow(table, r, m, t, kaggle / folder / KAGGLE_MASKS,
+                                            kaggle / folder / KAGGLE_IMAGES)
                          for r, m, t in mlmoe_data.read_text_table(table)]
         _, images = mlmoe_data.match_images(rows["train"] + rows["test"], rule="strip_mask_prefix")
         pairs = [arrange.SourcePair(img, r.mask_path, r.text, Path(r.mask_name).name, img.name)
@@ -245,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         for target, layout in todo:
             if layout == "ariadne":
                 summary = prep.build_folder_atomically(
-                    target, lambda tmp: arrange.arrange_ariadne_layout(tmp, train=train + val, test=test, link=args.link),
+                    target,
+                    lambda tmp: arrange.arrange_ariadne_layout(tmp, train=train + val, test=test, link=args.link),
                     fingerprint=prints[target])
                 n_train = math.floor(0.8 * len(train + val) + 1e-9)
                 print(f"wrote {target} (Ariadne layout): prompt/train.csv {summary['train']} rows "
@@ -254,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
                       f"{summary['files']} files")
             else:
                 summary = prep.build_folder_atomically(
-                    target, lambda tmp: arrange.arrange_lvit_layout(tmp, train=train, val=val, test=test, link=args.link),
+                    target,
+                    lambda tmp: arrange.arrange_lvit_layout(tmp, train=train, val=val, test=test, link=args.link),
                     fingerprint=prints[target])
                 print(f"wrote {target} (LViT layout): Train_Folder {summary['train']}, Val_Folder "
                       f"{summary['val']}, Test_Folder {summary['test']} rows, {summary['files']} files")
