@@ -61,8 +61,8 @@ def environment() -> dict:
 
     Example:
         >>> env = environment()
-        >>> sorted(env)[:3]
-        ['cpu_count', 'device', 'git_commit']
+        >>> {"python", "cpu_count", "device", "git_commit", "packages"} <= set(env)
+        True
     """
     env: dict = {
         "python": sys.version.split()[0],
