@@ -710,7 +710,15 @@ def load_best(model: nn.Module, out_dir: str | Path, *, strict: bool = True) -> 
         FileNotFoundError: no best checkpoint under ``out_dir``.
 
     Example:
-        >>> model = load_best(torch.nn.Linear(3, 1), "runs/demo")  # doctest: +SKIP
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> load_best(torch.nn.Linear(3, 1), out)
+        Traceback (most recent call last):
+        FileNotFoundError: no best checkpoint at ...
+        >>> best = torch.nn.Linear(3, 1)
+        >>> _ = Path(out, "best").mkdir(); torch.save(best.state_dict(), Path(out, "best", "model.pt"))
+        >>> torch.equal(load_best(torch.nn.Linear(3, 1), out).weight, best.weight)
+        True
     """
     path = Path(out_dir) / "best" / "model.pt"
     if not path.is_file():

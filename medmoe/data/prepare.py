@@ -100,10 +100,16 @@ def describe_tree(folder: str | Path, *, max_depth: int = 4, max_lines: int = 40
     """A short listing of the sub-folders of ``folder`` with their file counts, for error messages.
 
     Example:
-        >>> print(describe_tree("data/mosmed_plus"))  # doctest: +SKIP
-          data/mosmed_plus/  (1 file)
-            frames/  (2729 files)
-            masks/  (2729 files)
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp()) / "mosmed_plus"
+        >>> for sub, n in (("frames", 3), ("masks", 2)):
+        ...     (root / sub).mkdir(parents=True)
+        ...     for i in range(n):
+        ...         _ = (root / sub / f"{i}.png").write_bytes(b"")
+        >>> print(describe_tree(root).replace(str(root.parent) + "/", ""))
+          mosmed_plus/  (0 files)
+            frames/  (3 files)
+            masks/  (2 files)
     """
     folder = Path(folder)
     lines: list[str] = []
@@ -133,8 +139,11 @@ def walk_folders(folder: str | Path, *, max_depth: int = 4) -> list[Path]:
     """``folder`` and its sub-folders down to ``max_depth`` levels, breadth first, hidden ones skipped.
 
     Example:
-        >>> walk_folders("data/qata_cov19", max_depth=1)  # doctest: +SKIP
-        [PosixPath('data/qata_cov19'), PosixPath('data/qata_cov19/QaTa-COV19')]
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "QaTa-COV19" / "Train").mkdir(parents=True)
+        >>> [p.relative_to(root).as_posix() for p in walk_folders(root, max_depth=1)]
+        ['.', 'QaTa-COV19']
     """
     folder = Path(folder)
     found, frontier = [folder], [folder]

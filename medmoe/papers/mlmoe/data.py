@@ -380,9 +380,15 @@ class QaTaDataset(_TextMaskDataset):
         ``text`` str (the description, stripped), ``name`` str (the image file name).
 
     Example:
-        >>> ds = QaTaDataset(root="data/QaTa-COV19-v2", split="train")  # doctest: +SKIP
-        >>> item = ds[0]; item["image"].shape, item["text"]  # doctest: +SKIP
-        (torch.Size([1, 224, 224]), 'Bilateral pulmonary infection, two infected areas, ...')
+        On the real data: ``QaTaDataset(root="data/QaTa-COV19-v2", split="train")``. The same layout, written
+        from phantoms by :func:`write_qata_layout`:
+
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> _ = write_qata_layout(PhantomDataset2D(n=4, size=32, seed=0), root, split="train")
+        >>> ds = QaTaDataset(root=root, split="train", size=32)
+        >>> item = ds[0]; item["image"].shape, item["mask"].unique().tolist(), type(item["text"])
+        (torch.Size([1, 32, 32]), [0.0, 1.0], <class 'str'>)
     """
 
     def __init__(

@@ -456,9 +456,16 @@ class IMISDataset(Dataset):
         with_imask: also return ``imask`` int64 ``(S, S)`` (nearest resize; needs the split's ``imask`` paths).
 
     Example:
-        >>> ds = IMISDataset(root="data/medseg_hq/amos_ct", split="test")  # doctest: +SKIP
-        >>> ds[0]["image"].shape, ds[0]["class_name"]                        # doctest: +SKIP
-        (torch.Size([3, 512, 512]), 'spleen')
+        On the real data: ``IMISDataset(root="data/medseg_hq/amos_ct", split="test")``. The same layout,
+        written by :func:`write_imis_layout`:
+
+        >>> import tempfile
+        >>> mask = np.zeros((1, 20, 24), np.uint8); mask[0, 5:10, 5:12] = 1
+        >>> item = {"name": "a", "image": np.zeros((20, 24, 3), np.uint8), "masks": mask, "split": "test"}
+        >>> root = write_imis_layout(tempfile.mkdtemp(), "toy_ct", [item], ["spleen"], modality="ct")
+        >>> ds = IMISDataset(root=root, split="test", size=16)
+        >>> ds[0]["image"].shape, ds[0]["class_name"]
+        (torch.Size([3, 16, 16]), 'spleen')
     """
 
     def __init__(
