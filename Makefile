@@ -1,6 +1,7 @@
 # MedMoE Book. Two commands on a fresh machine (Python 3.11, no GPU, package registries only):
 #   make book   -- set up .venv, run every chapter notebook (quick profile) with papermill, build the HTML book
-#   make test   -- set up .venv, lint (ruff), unit tests + every docstring example, nbval over every notebook (smoke)
+#   make test   -- set up .venv, lint (ruff), unit tests + every docstring example, nbval over every notebook (smoke),
+#                  and every chapter's rehearsal (the paper profile's path end to end on tiny real-format fixtures)
 PYTHON   ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
@@ -8,11 +9,13 @@ STAMP    := $(VENV)/.medmoe-installed
 # The chapters are discovered from the paper folders' cards (medmoe/papers/<name>/card.yaml): adding a paper
 # adds its notebook here without editing this file.
 NOTEBOOKS = $(shell $(BIN)/medmoe chapters --paths)
+REHEARSED = $(shell $(BIN)/medmoe chapters --paths --with-profile rehearsal)
+REHEARSAL_SECONDS ?= 60
 PROFILE  ?= quick
 
-.PHONY: book test install notebooks lint unit nbval sync clean help
+.PHONY: book test install notebooks lint unit nbval rehearsal sync clean help
 help:
-	@echo "make book | make test | make notebooks PROFILE=quick | make sync | make clean"
+	@echo "make book | make test | make rehearsal | make notebooks PROFILE=quick | make sync | make clean"
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,7 +63,17 @@ nbval: $(STAMP)
 	$(BIN)/medmoe prepare $(NOTEBOOKS) --profile smoke --out-dir build/nbval
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider build/nbval -q
 
-test: lint unit nbval
+# The paper path of every chapter, end to end (loaders, weight loading, evaluation protocol, figure and registry
+# cells) on tiny fixtures in the real formats, each within REHEARSAL_SECONDS; runs/rehearsal/<stem>/ keeps the record.
+rehearsal: $(STAMP)
+	@test -n "$(REHEARSED)" || { echo "no chapter has a rehearsal profile"; exit 1; }
+	@set -e; for nb in $(REHEARSED); do \
+	  stem=$$(basename $$nb .py); \
+	  echo "== medmoe run $$nb --profile rehearsal"; \
+	  $(BIN)/medmoe run $$nb --profile rehearsal --out runs/rehearsal/$$stem --max-seconds $(REHEARSAL_SECONDS); \
+	done
+
+test: lint unit nbval rehearsal
 
 # Keep each notebooks/NN_name.py and its paired .ipynb in step (the .ipynb is committed without outputs).
 sync: $(STAMP)

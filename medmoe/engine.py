@@ -106,8 +106,10 @@ class TrainConfig:
         max_steps_per_epoch: cap on optimizer steps per epoch (quick smoke runs); ``None``: whole loader.
         scheduler_interval: ``"step"`` (call ``scheduler.step()`` after every optimizer step) or
             ``"epoch"`` (once per epoch, after validation; ``ReduceLROnPlateau`` gets ``monitor``).
-        find_unused_parameters: passed to DDP. Needed when some parameters get no gradient in a step, as
-            MedMoE's unselected experts (its code trains with ``find_unused_parameters=True``).
+        find_unused_parameters: passed to DDP (several processes only). On by default, because every model in
+            this book is a sparse mixture: a batch can leave a top-k expert unselected, and DDP without it stops
+            with "Expected to have finished reduction" (MedMoE's code trains with it on too). Turn it off for a
+            model whose every parameter gets a gradient in every step; DDP then skips one graph traversal.
 
     Example:
         >>> cfg = TrainConfig(out_dir="runs/demo", epochs=3, mode="max", monitor="val_dice")
@@ -131,7 +133,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     scheduler_interval: str = "step"
     run_key: str | None = None
-    find_unused_parameters: bool = False
+    find_unused_parameters: bool = True
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -442,6 +444,24 @@ def _default_eval(
     return means.reduce(accelerator, prefix="val_")
 
 
+class _StepModule(nn.Module):
+    """``step_fn(model, batch)`` as a module's forward, so that DDP wraps the whole training step (see :func:`fit`).
+
+    Its one child is the model, so ``parameters()`` are the model's and the optimizer's."""
+
+    def __init__(self, model: nn.Module, step_fn: StepFn) -> None:
+        super().__init__()
+        self.model = model
+        self.step_fn = step_fn
+
+    def forward(self, batch: Any) -> Mapping[str, Any]:
+        return self.step_fn(self.model, batch)
+
+
+def _call_stepper(stepper: nn.Module, batch: Any) -> Mapping[str, Any]:
+    return stepper(batch)  # DDP(_StepModule).forward: the step runs inside DDP's forward
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -660,7 +680,15 @@ def fit(
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if accelerator.num_processes > 1:
+        # DDP synchronises gradients for what runs inside its forward. A step_fn may call the model's other
+        # methods (SegMoTE's encode/decode, MedMoE's aux_loss), so the whole step becomes the forward of one
+        # wrapper module; step_fn still receives the plain model. One process keeps the plain model (no wrapper).
+        stepper, optimizer, train_loader = accelerator.prepare(_StepModule(model, step_fn), optimizer, train_loader)
+        model = extract_model_from_parallel(stepper).model
+    else:
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+        stepper = None
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     step_scheduler = None
@@ -681,7 +709,8 @@ def fit(
         t0 = time.perf_counter()
         row: dict[str, float] = {"epoch": epoch + 1, "lr": float(optimizer.param_groups[0]["lr"])}
         row.update(
-            _train_one_epoch(accelerator, model, optimizer, train_loader, step_fn, step_scheduler, config, epoch, show)
+            _train_one_epoch(accelerator, model if stepper is None else stepper, optimizer, train_loader,
+                             step_fn if stepper is None else _call_stepper, step_scheduler, config, epoch, show)
         )
         if has_val:
             model.eval()

@@ -62,8 +62,9 @@ METRIC_CONVENTIONS: dict[str, str] = {
     ),
     "per_volume_per_organ": (
         "CLIP-Driven Universal Model (MoME chapter): per volume and class Dice = 2TP/(|P|+|G|+1) at p > 0.5 for "
-        "the classes labelled in that volume's dataset (others NaN); mean over volumes per organ, then over "
-        "organs. -> per_volume_class_dice, mean_dice_per_class"
+        "the classes labelled in that volume's dataset (others NaN); a labelled class absent from the volume's "
+        "ground truth is NaN too, as its test loop skips it (skip_absent=True; its validation loop scores it); "
+        "mean over volumes per organ, then over organs. -> per_volume_class_dice, mean_dice_per_class"
     ),
 }
 
@@ -443,13 +444,17 @@ def per_volume_class_dice(
     *,
     labelled: torch.Tensor | None = None,
     threshold: float = 0.5,
+    skip_absent: bool = True,
 ) -> torch.Tensor:
     """Dice per volume and class -- the CLIP-Driven Universal Model's convention (MoME chapter).
 
     For each volume ``b`` and class ``c``: ``2 TP / (|P| + |G| + 1)`` with ``P = pred > threshold``.
-    The ``+ 1`` means a class absent from both prediction and ground truth scores **0**, not 1.
-    Classes not annotated in a volume's source dataset (``labelled[b, c]`` False) are NaN and are
-    skipped by :func:`mean_dice_per_class`.
+    NaN (skipped by :func:`mean_dice_per_class`) where the class is not annotated in the volume's source
+    dataset (``labelled[b, c]`` False) and, with ``skip_absent`` (default), where it is annotated but absent
+    from the volume's ground truth: the reference test loop (``test.py``) scores an organ only when
+    ``torch.sum(label[b, organ - 1]) != 0``, so a false positive on an absent organ is not counted either.
+    With ``skip_absent=False`` such a class scores 0 (the ``+ 1`` makes empty/empty 0, not 1; the
+    reference's ``validation.py`` does this).
 
     Args:
         pred: ``(B, C, D, H, W)`` probabilities or binary masks (any ``(B, C, *spatial)`` works).
@@ -457,14 +462,16 @@ def per_volume_class_dice(
         labelled: ``(B, C)`` or ``(C,)`` bool, which classes are annotated in each volume;
             ``None`` means all.
         threshold: strict cut-off (``p > threshold``), as in the original code.
+        skip_absent: NaN for a labelled class with an empty ground truth in that volume (the reference
+            test loop); ``False``: score it (0).
 
     Returns:
-        ``(B, C)`` float64, NaN where not labelled.
+        ``(B, C)`` float64, NaN where not labelled (and, with ``skip_absent``, where absent).
 
     Example:
-        >>> p = torch.ones(1, 2, 1, 2, 2); t = torch.ones(1, 2, 1, 2, 2)
-        >>> per_volume_class_dice(p, t, labelled=torch.tensor([True, False]))  # 8/9 and NaN
-        tensor([[0.8889,    nan]], dtype=torch.float64)
+        >>> p = torch.ones(1, 3, 1, 2, 2); t = torch.ones(1, 3, 1, 2, 2); t[0, 2] = 0
+        >>> per_volume_class_dice(p, t, labelled=torch.tensor([True, False, True]))  # 8/9, unlabelled, absent
+        tensor([[0.8889,    nan,    nan]], dtype=torch.float64)
     """
     _check_same_shape(pred, target)
     if pred.ndim < 3:
@@ -483,6 +490,8 @@ def per_volume_class_dice(
                 f"got {tuple(labelled.shape)}"
             )
         dice = torch.where(labelled, dice, torch.full_like(dice, float("nan")))
+    if skip_absent:  # the reference test loop scores an organ only where the volume's ground truth has it
+        dice = torch.where(tp + fn > 0, dice, torch.full_like(dice, float("nan")))
     return dice
 
 

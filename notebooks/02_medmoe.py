@@ -35,6 +35,9 @@
 # image&ndash;report pairs of five modalities (chest X-ray, CT, MRI, ultrasound, dermoscopy) on a CPU, three seeds,
 # with the packaged all-MiniLM-L6-v2 as the frozen text encoder. The `paper` profile runs the same cells with Swin-T
 # initialised from MedCLIP, Bio_ClinicalBERT, the UniMed caption tables and the paper's evaluation sets on a GPU.
+# The `rehearsal` profile runs the paper profile's code path end to end in about 20 s on tiny files in the same
+# formats (`medmoe/papers/medmoe/fixtures.py`: UniMed tables, the evaluation folders, a MedCLIP-like checkpoint
+# with both towers), with the small `medmoe_test` Swin and a 4-layer BERT; `make test` runs it.
 # The released code differs from the paper's text in several places; the book follows the code where the paper's
 # numbers come from it and makes the text's reading a switch (the list is at the end).
 
@@ -55,13 +58,15 @@ run_key = None  # injected by the runner: a hash of every parameter and the medm
 seed = 0                     # the seeds used are seed, seed + 1, ..., n_seeds of them
 n_seeds = 3
 dataset = "phantoms"         # phantoms | unimed
-data_root = "data"           # real data: UniMed tables under data/unimed, evaluation sets under data/unimed_clip_eval
+data_root = "data"           # real data: UniMed tables under data/unimed_captions, evaluation sets under data/unimed_clip_eval
+medimeta_root = ""           # MedIMeta's organs_<view>/ folders (fetch.py medimeta_organs); empty: inside the evaluation root
 config = "medmoe_quick"      # medmoe.papers.medmoe.CONFIGS: medmoe_quick | medmoe_paper
 text_encoder = "minilm"      # minilm is packaged and offline; or a local Bio_ClinicalBERT folder
 swin_weights = ""            # local folder of microsoft/swin-tiny-patch4-window7-224; empty means random init
-medclip_checkpoint = ""      # MedCLIP's pytorch_model.bin (or its folder), loaded into the Swin; empty skips it
+medclip_checkpoint = ""      # MedCLIP's pytorch_model.bin (or its folder): vision tower -> Swin, text tower -> BERT; empty skips it
 align = "linear1d"           # linear1d is the released code; bilinear2d is the paper's text
-aux_on = "logits"            # logits, or probs for the code's double softmax
+aux_on = "logits"            # logits, or probs for the code's double softmax (the paper profile)
+num_experts = 0              # K; 0: one per phantom modality, or the configuration's (6 in medmoe_paper)
 image_size = 64
 n_train = 512                # phantom image-report pairs for pretraining (cycling over the 5 modalities)
 n_val = 100
@@ -71,9 +76,11 @@ n_probe_test = 20            # per class for the zero-shot and linear-probe test
 epochs = 3
 batch_size = 32
 grad_accum_steps = 1
+effective_batch = 0          # samples per optimiser step; 0: batch_size x grad_accum_steps x processes. Paper: 2560
 lr = 5e-4
 patience = 20                # early stopping patience on val_loss, as the code
 max_items = 0                # real data: cap on the pretraining captions, 0 means all of them
+holdout = 0.01               # real data: share of the images held out for validation, and as many for test
 eval_sets = ["chexpert_5x200", "rsna_pneumonia", "thyroid_us", "breast_us", "acl_mri", "meniscus_mri",
              "medimeta_organs_axial", "medimeta_organs_coronal", "medimeta_organs_sagittal"]  # real data: zero-shot
 probe_sets = ["thyroid_us", "acl_mri", "medimeta_organs_axial"]  # real data: linear probe (needs a train split)
@@ -100,7 +107,7 @@ from medmoe.engine import load_best
 from medmoe.env import environment
 from medmoe.moe import contingency
 from medmoe.papers.medmoe import CONFIGS, build, evaluate, recipe, train
-from medmoe.papers.medmoe.data import ReportDataset
+from medmoe.papers.medmoe.data import ReportDataset, split_by_image
 from medmoe.papers.medmoe.model import encode_reports
 from medmoe.repro import checkpoint_dir, save_results
 from medmoe.utils import resolve_device, seed_everything
@@ -136,22 +143,27 @@ if dataset == "phantoms":
     finding_prompts = {m: [list(p) for p in finding[m]["test"].prompts] for m in MODALITIES}
     finding_classes = {m: list(finding[m]["test"].classes) for m in MODALITIES}
 elif dataset == "unimed":
-    from torch.utils.data import random_split
+    from torch.utils.data import Subset
 
     from medmoe.papers.medmoe.data import UNIMED_CAPTION_FILES, UNIMED_MODALITIES, UniMedCaptions
     from medmoe.papers.medmoe.evalsets import CLASS_PROMPTS, build_eval_set
 
     modality_names = list(UNIMED_MODALITIES)
-    root = Path(data_root) / "unimed"
+    root = Path(data_root) / "unimed_captions"  # python data_scripts/fetch.py --show unimed_captions
     tables = {"radimagenet": "from_path", "chexpert": 0, "chestxray8": 0}
     full = UniMedCaptions(csv_files=[root / UNIMED_CAPTION_FILES[k] for k in tables], image_root=[root / k for k in tables],
                           size=image_size, modality=list(tables.values()), max_items=max_items or None)
-    n_hold = max(1, len(full) // 100)
-    parts = random_split(full, [len(full) - 2 * n_hold, n_hold, n_hold], generator=torch.Generator().manual_seed(seed))
-    splits = dict(zip(("train", "val", "test"), parts))
+    # split by image: every caption of an image lands in the same split (medmoe.papers.medmoe.data.split_by_image)
+    parts = split_by_image(full.paths, holdout=holdout, seed=seed)
+    splits = {s: Subset(full, idx) for s, idx in parts.items()}
     texts = {s: [full.texts[i] for i in d.indices] for s, d in splits.items()}
+    images_of = {s: {full.paths[i] for i in idx} for s, idx in parts.items()}
+    shared = (images_of["train"] & (images_of["val"] | images_of["test"])) | (images_of["val"] & images_of["test"])
+    print(f"{len(full)} captions of {len(set(full.paths))} images; held out by image: "
+          f"{ {s: len(v) for s, v in images_of.items()} } images, {len(shared)} in two splits")
     eval_root = Path(data_root) / "unimed_clip_eval"
-    finding = {m: {sp: build_eval_set(m, root=eval_root, split=sp, size=image_size)
+    set_root = {m: Path(medimeta_root) if m.startswith("medimeta") and medimeta_root else eval_root for m in eval_sets}
+    finding = {m: {sp: build_eval_set(m, root=set_root[m], split=sp, size=image_size)
                    for sp in (("train", "test") if m in probe_sets else ("test",))} for m in eval_sets}
     finding_prompts = {m: [list(CLASS_PROMPTS[m][c]) for c in finding[m]["test"].classes] for m in eval_sets}
     finding_classes = {m: list(finding[m]["test"].classes) for m in eval_sets}
@@ -165,13 +177,17 @@ if dataset == "phantoms":
 # %% [markdown]
 # ## 2. The text branch: a frozen BERT read GLoRIA's way
 #
-# The report is tokenised to at most 25 tokens and encoded by a frozen BERT-family model; MedMoE sums its **last
-# four layers**, then sums the word pieces of each word ("card ##iome ##gal ##y" is one word) and zero-pads back to
+# The report is tokenised to at most 25 tokens and encoded by a frozen BERT-family model (in the paper profile
+# Bio_ClinicalBERT, whose weights the released code replaces by the text tower of the MedCLIP checkpoint that also
+# initialises the Swin; section 3 lists what was loaded); MedMoE sums its **last four layers**, then sums the word pieces of each word ("card ##iome ##gal ##y" is one word) and zero-pads back to
 # 25 positions, as GLoRIA's `aggregate_tokens`. The report embedding $t_g$ is the mean over the 25 positions, the
 # word embeddings $T$ feed the local loss. The encoder is frozen, so every report is encoded once.
 
 # %%
 encoder = build_text_encoder(text_encoder, max_length=25, layers="sum_last4").to(dev)
+if medclip_checkpoint:  # the released code overwrites Bio_ClinicalBERT with MedCLIP's text tower
+    text_report = recipe.load_text_weights(encoder, medclip_checkpoint)
+    print(f"text encoder {text_encoder}: {text_report.summary()['loaded']} tensors from MedCLIP's text_model")
 reports = {s: encode_reports(encoder, t) for s, t in texts.items()}
 data = {s: ReportDataset(d, reports[s]) for s, d in splits.items()}
 r0 = reports["test"]
@@ -193,14 +209,23 @@ print("words :", r0.words_text[0], "-> cap_len", int(r0.cap_lens[0]))
 # %%
 # The model of this profile (medmoe.papers.medmoe.build: build_model, with the Swin initialised from swin_weights
 # and MedCLIP's checkpoint when the profile names them); its width is the text encoder's.
-n_experts = len(modality_names) if dataset == "phantoms" else CONFIGS[config].num_experts
+n_experts = num_experts or (len(modality_names) if dataset == "phantoms" else CONFIGS[config].num_experts)
 model_kw = dict(swin_weights=swin_weights or None, medclip_checkpoint=medclip_checkpoint or None, width=encoder.width,
                 image_size=image_size, align=align, aux_on=aux_on, num_experts=n_experts)
 model = build(config, **model_kw).to(dev).eval()
+# Expert k is trained towards modality label k (the auxiliary loss); labels absent from the data leave their experts idle.
+present_labels = sorted(set(int(m) for m in (splits["train"].modality_labels if dataset == "phantoms"
+                                              else [full.modality_labels[i] for i in parts["train"]])))
+idle = [f"{k} ({modality_names[k]})" if k < len(modality_names) else str(k) for k in range(n_experts) if k not in present_labels]
+print(f"K = {n_experts} experts; modality labels in the training data: {[modality_names[k] for k in present_labels]}; "
+      f"experts no label trains (never chosen): {idle or 'none'}")
 with torch.no_grad():
     xb = torch.stack([splits["test"][i]["image"] for i in range(2)]).to(dev)
     maps, pooled = model.forward_features(xb)
     out = model.forward_head(maps, model.route(pooled))
+if medclip_checkpoint:  # what MedCLIP's checkpoint gave each tower (medmoe.backbones.LoadReport)
+    loads = {"image: Swin <- vision_model.model.*": model.medclip_report, "text: BERT <- text_model.model.*": text_report}
+    display(pd.DataFrame({k: {**r.summary(), "unexpected keys": ", ".join(r.unexpected) or "-"} for k, r in loads.items()}).T)
 rows = [{"tensor": f"Swin scale {i + 1} F^({i + 1})", "shape": tuple(f.shape)} for i, f in enumerate(maps)]
 rows += [{"tensor": "routing feature (mean of last hidden state)", "shape": tuple(pooled.shape)},
          {"tensor": "router probabilities alpha", "shape": tuple(out.gate.probs.shape)},
@@ -264,7 +289,8 @@ if bench_batch:
 # * **local**: every word of each report attends over the $H/4 \times W/4$ regions of every image (GLoRIA's double
 #   softmax: over words, then $\times 4$ over regions), giving a context $c_i$ per word; the image&ndash;report score
 #   $\log \sum_i \exp(5 \cos(t_i, c_i))$, times 10, goes through the same two-way cross-entropy;
-# * **auxiliary**: the router's cross-entropy against the modality label.
+# * **auxiliary**: the router's cross-entropy against the modality label -- in the paper profile on the router's
+#   softmax probabilities, as the released code (`aux_on="probs"`), in the quick profile on its logits.
 #
 # Total: $0.5 (L_{l,0} + L_{l,1}) + 0.5 (L_{g,0} + L_{g,1}) + 2 L_{aux}$. The contrastive losses give the router no
 # gradient (its choice is hard), so it learns only from $L_{aux}$. Training runs on the book's loop
@@ -274,12 +300,16 @@ if bench_batch:
 
 # %%
 ckpt = checkpoint_dir(run_dir, run_key)
+# samples per optimiser step: the code's 32 per GPU x 8 GPUs x 10 accumulation steps = 2,560 (recipe.accumulation_steps)
+accum = recipe.accumulation_steps(effective_batch, batch_size) if effective_batch else grad_accum_steps
+print(f"batch {batch_size} x {accum} accumulation steps x {os.environ.get('WORLD_SIZE', '1')} process(es) per optimiser step; "
+      f"contrastive negatives: the {batch_size} of one batch")
 models, histories = {}, {}
 for s in seeds:
     seed_everything(s)
     model = build(config, **model_kw).to(dev)
     result = train(model, data["train"], data["val"], out_dir=ckpt / f"seed{s}", epochs=epochs, lr=lr,
-                   batch_size=batch_size, seed=s, run_key=run_key, grad_accum_steps=grad_accum_steps,
+                   batch_size=batch_size, seed=s, run_key=run_key, grad_accum_steps=accum,
                    patience=patience or None)
     load_best(model, result.out_dir)
     models[s], histories[s] = model.eval(), result.history
@@ -450,9 +480,25 @@ prompt_sim.round(3)
 # * **Router input.** The paper's text (Sec. 4.3) routes on the report embedding $t_g$; Fig. 2 and the released code
 #   route on the pooled image feature, which is the only choice that allows zero-shot inference without a report.
 #   The book follows the code; `router_input="text"` builds the text's version.
-# * **Auxiliary loss.** The paper puts a separate head $W_c$ on $t_g$ (Sec. 4.5); the code applies the cross-entropy
-#   to the router itself, on its softmax output (a double softmax). The book applies it to the router's logits;
-#   `aux_on="probs"` is the code bit for bit. Weight: the code's $2 L_{aux}$ next to $0.5$ per contrastive direction.
+# * **Auxiliary loss.** The paper puts a separate head $W_c$ on $t_g$ (Sec. 4.5, the $L_{aux}$ equation); the code
+#   applies the cross-entropy to the router itself, on its softmax output (a double softmax). The paper profile does
+#   what the code does (`aux_on: probs`); the quick profile applies it to the router's logits (`aux_on="logits"`,
+#   the usual cross-entropy, which trains the router faster on a CPU budget). Weight: the code's $2 L_{aux}$ next to
+#   $0.5$ per contrastive direction.
+# * **Initial weights.** As the released code: Swin-T from MedCLIP's `vision_model`, Bio_ClinicalBERT from MedCLIP's
+#   `text_model` (the same `pytorch_model.bin`); section 3 prints what each tower loaded. The paper cites ImageNet for
+#   "MedCLIP-pretrained weights", a citation slip.
+# * **Number of experts.** The code has $K = 6$, one per modality label (X-ray, CT, MRI, ultrasound, pathology,
+#   fundus), and the paper profile keeps it (Table 3's 37 M counts six experts). The three UniMed tables the profile
+#   trains on carry only four labels (X-ray, CT, MRI, ultrasound): the released code also read ROCO, PMC-OA and Quilt
+#   shards with BiomedCLIP pseudo-labels, where pathology occurs. So in the paper profile **experts 4 (pathology) and
+#   5 (fundus) never receive a training target and are never chosen**; section 3 prints the idle experts of a run.
+#   `-p num_experts 4` trains the four experts the data can use.
+# * **Batch.** The code trains 32 per GPU on 8 GPUs with 10 accumulation steps: **2,560 samples per optimiser step**,
+#   with the 32 of one GPU as contrastive negatives (no all-gather). The paper profile asks for `effective_batch: 2560`
+#   at batch 32: 80 accumulation steps on one GPU, 10 on eight (`medmoe run ... --gpus 8`), the same negatives either way.
+# * **Held-out pairs.** The code holds out whole webdataset shards. The book holds out 1 % of the *images* for
+#   validation and 1 % for test (`split_by_image`), so every caption of an image stays in one split.
 # * **Experts.** The paper says "3-layer convolutional modules with BatchNorm and ReLU"; the code, whose parameter count
 #   matches Table 3, has a 1&times;1 convolution + ReLU per scale and an MLP scale attention, no BatchNorm. The book
 #   follows the code. The scales are aligned by 1-D interpolation along the flattened token order, as the code does
@@ -471,7 +517,9 @@ prompt_sim.round(3)
 #   fundus); a small Swin (32 wide, window 2, 64&times;64 input) trained from scratch instead of MedCLIP's Swin-T;
 #   all-MiniLM-L6-v2 (six layers, 384-d) instead of Bio_ClinicalBERT, so $D = 384$; one expert per modality (5);
 #   3 epochs, learning rate 5e-4 (the code's 5e-5 is for a pretrained Swin), batch 32 with no gradient accumulation;
-#   the frozen text encoder in eval mode (the code leaves its dropout active).
+#   the auxiliary loss on the router's logits.
+# * **Both profiles:** the frozen text encoder runs in eval mode and every report is encoded once (the code leaves
+#   Bio_ClinicalBERT's dropout active, so its text features are noisy during training).
 # * **Pretraining data in the paper profile:** the three UniMed caption tables of the code's active configuration
 #   (RadImageNet, CheXpert, ChestX-ray8), not the ROCO, PMC-OA and Quilt shards, whose modality labels came from
 #   BiomedCLIP zero-shot pseudo-labelling.

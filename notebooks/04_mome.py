@@ -27,13 +27,16 @@
 # | vision branch | "multi-scale decoder-layer experts" | the five decoder outputs of MONAI's SwinUNETR (`dec3` ... `out`), each projected to 8 channels and upsampled: **reconstructed** |
 # | text branch | "CLIP-based semantic embeddings" | "A computerized tomography of a {organ}" embedded once, as the CLIP-Driven Universal Model does (CLIP ViT-B/32 in the `paper` profile, MiniLM offline): **known from the base model** |
 # | router | "text-guided", "pixel-wise fusion across scales", "class-specific segmentation heads" | per class and voxel, softmax weights over the experts from an MLP on [expert features; class text code]; the fused feature feeds the class's dynamic head: **reconstructed** |
-# | data | 10 public CT data sets, 3,410 scans, partially labelled | the Universal Model's collection (same 3,410 scans) and its dataset lists; on phantoms: four partially labelled sources: **base model's** |
-# | training | not stated | the Universal Model's partial-label Dice + BCE: **base model's** |
+# | data | 10 public CT data sets, 3,410 scans, partially labelled | the Universal Model's layout and dataset lists; the `paper` profile reads the open part that `data_scripts/prepare_universal.py` builds (AMOS, the six MSD CT tasks, TotalSegmentator), **not** the same 3,410 scans; on phantoms: four partially labelled sources: **base model's format, other data** |
+# | training | not stated | the Universal Model's partial-label Dice + BCE, self-supervised Swin UNETR start, warm-up + cosine decay and augmentations (`paper` profile): **base model's** |
 # | results | Dice, tumour detection, generalisation | not reproduced (no numbers are public to compare with) |
 #
 # The base, the **CLIP-Driven Universal Model** {cite:p}`liu2023universal`, is public, and MoME's setting matches it
-# (the same 3,410 scans), so the chapter builds it first, from its code's facts, and MoME on top of it. With one
-# expert and no router the two are the same code (`medmoe.papers.mome.model`).
+# (10 partially labelled CT data sets, 3,410 scans in both abstracts), so the chapter builds it first, from its code's
+# facts, and MoME on top of it. With one expert and no router the two are the same code (`medmoe.papers.mome.model`).
+# Several of the Universal Model's data sets need an account or a request; the `paper` profile trains on the open ones
+# that `data_scripts/prepare_universal.py` arranges in its layout (AMOS, the six MSD CT tasks and TotalSegmentator),
+# so its numbers are on other scans than the 3,410.
 
 # %% tags=["remove-cell"]
 # Colab only: install the book's library when this notebook runs on Colab (Colab's own torch is kept).
@@ -45,7 +48,7 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 # Parameters. `medmoe run notebooks/04_mome.py --profile quick -p held_out kidney` overrides them;
-# the profiles (quick / smoke / paper) live in medmoe/papers/mome/card.yaml.
+# the profiles (quick / smoke / paper / rehearsal) live in medmoe/papers/mome/card.yaml.
 profile = "quick"
 run_dir = "runs/interactive/04_mome"
 run_key = None  # injected by the runner: a hash of every parameter and the medmoe version
@@ -54,6 +57,7 @@ n_seeds = 3
 base_config = "universal_quick"   # medmoe.papers.mome.model.CONFIGS
 mome_config = "mome_quick"
 text_encoder = "minilm"        # minilm | a (C, D) .pth of class embeddings (txt_encoding.pth) | a local CLIP folder
+pretrained = ""                # model_swinvit.pt-format self-supervised Swin weights (MONAI load_from); "" = random
 dataset = "phantoms"           # phantoms | universal (dataset lists in the Universal Model's layout under data_root)
 data_root = ""                 # universal: the folder the list paths are relative to
 train_list = ""                # universal: e.g. data/universal/universal_train.txt
@@ -69,6 +73,9 @@ epochs = 10
 batch_size = 2
 lr = 3e-3
 weight_decay = 1e-5
+schedule = "constant"          # constant | warmup_cosine (the Universal Model's, per epoch)
+warmup_epochs = 0              # warmup_cosine: linear warm-up epochs (the Universal Model: 100 of 2,000)
+augment = False                # the Universal Model's RandZoom (MSD only), RandRotate90, RandShiftIntensity
 sw_overlap = 0.5
 device = "auto"
 
@@ -82,7 +89,6 @@ import pandas as pd
 import seaborn as sns
 import torch
 from IPython.display import Markdown, display
-from torch.utils.data import Subset
 
 from medmoe.data.phantoms import CLASSES_3D, SOURCE_DATASETS
 from medmoe.env import environment
@@ -188,20 +194,24 @@ params.round(3)
 # The loss is Dice + BCE over the (volume, class) pairs whose class the volume's source annotates; every other
 # class's output gets **no gradient** (tested in `tests/test_mome.py`). Random patches are drawn 2 : 1 around
 # labelled foreground and background (MONAI `RandCropByPosNegLabeld`), as the Universal Model does. Both models
-# train the same way (`medmoe.papers.mome.recipe.train`: AdamW, the book's one training loop `medmoe.engine`).
+# train the same way (`medmoe.papers.mome.recipe.train`: AdamW, the book's one training loop `medmoe.engine`). The
+# `paper` profile adds the rest of the Universal Model's recipe: the Swin encoder starts from self-supervised
+# weights (`pretrained`, MONAI's `model_swinvit.pt` read by `SwinUNETR.load_from`), the learning rate warms up
+# linearly and then decays along a cosine (`schedule="warmup_cosine"`), and the patches are augmented
+# (`augment`: `RandZoomd` on the MSD volumes, `RandRotate90d`, `RandShiftIntensityd`).
 
 # %%
 text = class_text_embeddings(classes, encoder=text_encoder)
-patches = RandomPatches(volumes["train"], patch=CONFIGS[mome_config].roi_size)
+patches = RandomPatches(volumes["train"], patch=CONFIGS[mome_config].roi_size, augment=augment)
 ckpt = checkpoint_dir(run_dir, run_key)
 models, histories = {}, []
 for name in (base_config, mome_config):
     for s in seeds:
         seed_everything(s)
-        m = build(name, num_classes=len(classes), text_dim=text.shape[1]).to(dev)
+        m = build(name, num_classes=len(classes), text_dim=text.shape[1], pretrained=pretrained or None).to(dev)
         m.set_text_embeddings(text)
         res = train(m, patches, out_dir=ckpt / f"{name}_seed{s}", epochs=epochs, lr=lr, batch_size=batch_size, seed=s,
-                    run_key=run_key, weight_decay=weight_decay)
+                    run_key=run_key, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs)
         models[name, s] = m.eval()
         histories += [{"model": name, "seed": s, **h} for h in res.history]
 hist = pd.DataFrame(histories)
@@ -215,21 +225,25 @@ fig.tight_layout()
 #
 # Whole test volumes are segmented with MONAI's sliding-window inference (patch = the training patch, overlap
 # 0.5, Gaussian blending), sigmoid > 0.5. Dice is computed **per organ per volume** as
-# $2TP / (|P| + |G| + 1)$ and averaged per organ over the volumes whose source labels that organ
-# (`medmoe.metrics.per_volume_class_dice`); the overall number is the mean over organs.
+# $2TP / (|P| + |G| + 1)$ and averaged per organ over the volumes whose source labels that organ *and* whose ground
+# truth contains it (`medmoe.metrics.per_volume_class_dice`): the reference test loop skips an organ absent from a
+# volume, so a false positive there is not counted. The overall number is the mean over organs. The router's maps
+# are stitched only for the one volume drawn below (at CT size they are classes x experts times the volume).
 
 # %%
-# the volume whose router maps are drawn: the test volume whose source labels the most classes
-map_volume = max(range(len(volumes["test"])), key=lambda k: (int(volumes["test"][k]["labelled"].sum()), -k))
+# the volume whose router maps are drawn: the test volume whose source labels the most classes (read from the
+# dataset's flags, without loading the volumes)
+map_volume = max(range(len(volumes["test"])), key=lambda k: (int(volumes["test"].labelled_of(k).sum()), -k))
 evals, maps = [], {}
 for (name, s), m in models.items():
     for split in [k for k in ("test", "held_out") if k in volumes]:
-        r = evaluate(m, volumes[split], overlap=sw_overlap)
+        drawn = [map_volume] if split == "test" and s == seeds[0] else []
+        r = evaluate(m, volumes[split], overlap=sw_overlap, maps_for=drawn)
+        if drawn:
+            maps[name] = r["maps"][0]
         for c, d in enumerate(r["per_class"]):
             if d == d:
                 evals.append({"model": name, "seed": s, "split": split, "organ": classes[c], "Dice": float(d)})
-    if s == seeds[0]:
-        maps[name] = evaluate(m, Subset(volumes["test"], [map_volume]), overlap=sw_overlap, keep_router=1)["maps"][0]
 ev = pd.DataFrame(evals)
 per_organ = ev.groupby(["split", "organ", "model"], sort=False).Dice.agg(["mean", "std"]).unstack("model")
 overall = (ev.groupby(["split", "model", "seed"]).Dice.mean()  # mean over organs, per seed
@@ -279,6 +293,8 @@ mp = maps[mome_config]
 experts = CONFIGS[mome_config].experts
 router = mp["router"]  # (C, E, D, H, W)
 shown = [c for c in range(len(classes)) if mp["label"][c].any()]
+if not shown:
+    raise ValueError(f"the drawn test volume (index {map_volume}) has no labelled organ in its ground truth")
 fig, axes = plt.subplots(len(shown), 2 + len(experts), figsize=(1.7 * (2 + len(experts)), 1.7 * len(shown)), squeeze=False)
 for row, c in zip(axes, shown):
     z = int(mp["label"][c].sum(axis=(1, 2)).argmax())
@@ -345,12 +361,26 @@ Markdown(
 # * **Text embeddings**: the quick profile embeds the prompts with MiniLM (384-d), since CLIP's weights cannot be
 #   downloaded here; the `paper` profile reads CLIP ViT-B/32 embeddings (`txt_encoding.pth`, 32 x 512) or computes
 #   them from a local CLIP folder.
+# * **Data of the `paper` profile**: `data_scripts/prepare_universal.py` builds AMOS (`09`), the six MSD CT tasks
+#   (`10_03` ... `10_10`) and TotalSegmentator v2 (`15`, our label transfer) in the Universal Model's layout, with a
+#   patient-level split of its own. These are not the 3,410 scans of the Universal Model or MoME: BTCV, Pancreas-CT,
+#   CHAOS, LiTS, KiTS, WORD, AbdomenCT-1K, CT-ORG and AbdomenCT-12organ need an account, a request or a conversion
+#   (`--list` says how); their reference lists can be used where the files exist.
+# * **Paper profile's training**: as the Universal Model's `train.py`: AdamW 1e-4, weight decay 1e-5, 2,000 epochs
+#   with 100 of linear warm-up and cosine decay (stepped before each epoch, as there), the self-supervised Swin
+#   weights of MONAI's `model_swinvit.pt` (`SwinUNETR.load_from`; the Universal Model's README names
+#   `swin_unetr.base_5000ep_f48_lr2e-4_pretrained.pt`, the same network's weights in another key layout), its
+#   augmentations, batch 2 patches on one GPU instead of 8 GPUs x 1 volume x 2 crops. One epoch here is one crop per
+#   training volume.
 # * **Quick profile**: SwinUNETR with feature size 12, window 4 and group normalisation (the bottleneck of a 32^3
 #   patch is one voxel, which instance normalisation cannot normalise in training), whole 32^3 phantom volumes,
-#   6 classes, 90 steps of batch 2 at lr 3e-3 from random weights; the Universal Model trains 96^3 patches from
-#   self-supervised pretrained weights for 2,000 epochs at 1e-4 with warm-up and cosine decay. At this CPU budget
-#   both models are far from converged: the small organs are barely learnt, and the comparison below says how the
-#   two behave early in training, not how they end.
+#   6 classes, 90 steps of batch 2 at lr 3e-3 from random weights, no augmentation, constant learning rate. At this
+#   CPU budget both models are far from converged: the small organs are barely learnt, and the comparison below
+#   says how the two behave early in training, not how they end.
+# * **Rehearsal profile** (`--profile rehearsal`, in `make test`): the `paper` profile's code path on tiny fixtures
+#   in the real formats (`medmoe.papers.mome.fixtures`: NIfTI volumes and dataset lists in the Universal Model's
+#   layout, a `txt_encoding.pth`, a `model_swinvit.pt`-format checkpoint), with the `_test` Swin UNETR (feature size
+#   12, one block per stage), 16^3 volumes and 2 epochs. Only sizes change; its numbers mean nothing.
 # * **Label transfer** happens after resampling (`medmoe.papers.mome.data`), not at native resolution as the
 #   reference code; no organ-specific post-processing at inference.
 # * **Held-out generalisation** on the phantoms is a source whose labels were never seen in training *and* whose

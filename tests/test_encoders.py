@@ -481,3 +481,29 @@ def test_registry_and_feature_channels_errors(tiny):
 def test_docstring_examples():
     result = doctest.testmod(E, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 6 and result.failed == 0
+
+
+# --- issue 12, MLMoE
+def test_local_remote_code_bert_folder_loads_offline_only_with_trust_remote_code(tmp_path, monkeypatch):
+    """Issue 12, defect 1: a CXR-BERT-like folder (config.json with auto_map + its own modeling/configuration .py
+    files) is refused without trust_remote_code, loads offline with it (the folder's class, its weights), and a
+    folder missing the code files that auto_map names is refused with the file names."""
+    from medmoe.papers.mlmoe.fixtures import write_remote_code_bert  # why: the rehearsal's fixture writer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = write_remote_code_bert(tmp_path / "BiomedVLP-CXR-BERT-specialized")
+    with pytest.raises(ValueError, match="auto_map.*trust_remote_code=True"):
+        build_text_encoder(folder)
+    enc = build_text_encoder(folder, trust_remote_code=True, max_length=24)
+    assert type(enc.backbone).__name__ == "CXRBertModel"
+    from safetensors.torch import load_file  # why: compare with the weights on disk
+
+    saved = load_file(str(folder / "model.safetensors"))
+    emb = enc.backbone.bert.embeddings.word_embeddings.weight
+    assert torch.equal(emb, saved["bert.embeddings.word_embeddings.weight"])
+    f = enc(["bilateral pulmonary infection, upper left lung."])
+    assert f.hidden.shape == (1, 24, 32)
+    assert [w for w, _ in enc.words("bilateral pulmonary infection")] == ["bilateral", "pulmonary", "infection"]
+    (folder / "modeling_cxrbert.py").unlink()
+    with pytest.raises(ValueError, match=r"names model code in \['modeling_cxrbert.py'\].*lacks"):
+        build_text_encoder(folder, trust_remote_code=True)

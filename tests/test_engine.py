@@ -508,3 +508,41 @@ def test_checkpoint_of_another_run_is_never_resumed(tmp_path):
     res = fit(same, torch.optim.SGD(same.parameters(), lr=0.05), loader, step_fn=mse_step,
               config=_cfg(tmp_path, epochs=3, run_key="lr=0.05"))
     assert res.resumed_from == 2 and len(res.history) == 3
+
+
+def test_a_step_that_calls_other_model_methods_trains_under_ddp(tmp_path):
+    """Under DDP, fit runs the whole step_fn inside DDP's forward (_StepModule): a step that calls a method other
+    than forward (as SegMoTE's encode/decode) still synchronises its gradients."""
+    script = tmp_path / "ddp_methods.py"
+    script.write_text(textwrap.dedent(
+        """
+        import json, sys, torch
+        import torch.distributed as dist
+        from torch import nn
+        from torch.utils.data import DataLoader, TensorDataset
+        from medmoe.engine import TrainConfig, fit
+
+        class Two(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 1)
+            def encode(self, x):
+                return torch.relu(self.a(x))
+            def head(self, h):
+                return self.b(h)
+
+        torch.manual_seed(1)
+        model = Two()
+        x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0)); y = x.sum(1, keepdim=True)
+        step = lambda m, b: {"loss": nn.functional.mse_loss(m.head(m.encode(b[0])), b[1])}
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.05), DataLoader(TensorDataset(x, y), batch_size=8,
+            shuffle=True), step_fn=step, config=TrainConfig(out_dir=sys.argv[1] + "/run", epochs=2, progress=False))
+        with open(f"{sys.argv[1]}/rank{dist.get_rank()}.json", "w") as f:
+            json.dump([p.detach().flatten().tolist() for p in model.parameters()], f)
+        """))
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    assert rank0 == json.loads((tmp_path / "rank1.json").read_text())  # gradients were averaged across ranks

@@ -264,15 +264,15 @@ def builder():
     return importlib.import_module("medmoe.papers.segmote.prepare")  # behind data_scripts/build_medseg_hq.py
 
 
-def _fake_isic(folder: Path, n: int = 6) -> None:
+def _fake_isic(folder: Path, n: int = 6, *, foreground: int = 255, mask_size: tuple[int, int] = (30, 40)) -> None:
     images, gts = folder / "ISIC2018_Task1-2_Training_Input", folder / "ISIC2018_Task1_Training_GroundTruth"
     images.mkdir(parents=True)
     gts.mkdir(parents=True)
     for i in range(n):
         name = f"ISIC_{i:07d}"
         Image.fromarray(_image(30, 40, i)).save(images / f"{name}.jpg", quality=95)
-        mask = np.zeros((30, 40), np.uint8)
-        mask[5 + i : 15 + i, 8:30] = 255
+        mask = np.zeros(mask_size, np.uint8)
+        mask[5 + i : 15 + i, 8:30] = foreground
         Image.fromarray(mask).save(gts / f"{name}_segmentation.png")
     (images / "ATTRIBUTION.txt").write_text("licence notes")
 
@@ -420,3 +420,59 @@ def test_axial_slices_are_shown_radiologically(builder):
     volume[4, 3, 1] = 1  # most right (+x), most anterior (+y) voxel of a RAS volume
     image = builder.axial(volume, 1)
     assert image.shape == (4, 5) and image[0, 0] == 1  # anterior up, patient's right on the image's left
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad inputs a new user brings (defects 18 and 19): 0/1 masks, blank masks, image and mask of different sizes
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreground", [1, 255])
+def test_build_reads_masks_stored_as_0_1_and_as_0_255_alike(builder, tmp_path, foreground):
+    """Defect 18: a 0/1 mask PNG (a common convention) was thresholded at 127 and written as an empty mask."""
+    root = tmp_path / "data"
+    _fake_isic(root / "isic2018_task1", foreground=foreground)
+    assert builder.main(["isic2018", "--root", str(root), "--quiet"]) == 0
+    ds = IMISDataset(root=root / "medseg_hq" / "isic2018_task1", split="training", size=32)
+    assert len(ds) == 5 and int(ds[0]["label_original"].sum()) == 10 * 22
+
+
+def test_build_refuses_a_mask_of_neither_convention(builder, tmp_path, capsys):
+    root = tmp_path / "data"
+    _fake_isic(root / "isic2018_task1", foreground=60)
+    assert builder.main(["isic2018", "--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "ISIC_0000000_segmentation.png" in err and "neither a 0/1 nor a 0/255" in err
+
+
+def test_build_refuses_a_source_whose_masks_are_all_empty(builder, tmp_path, capsys):
+    root = tmp_path / "data"
+    _fake_isic(root / "isic2018_task1", foreground=0)
+    assert builder.main(["isic2018", "--root", str(root)]) == 1
+    assert "every mask of the training split (5 images) is empty" in capsys.readouterr().err
+    assert not (root / "medseg_hq" / "isic2018_task1").exists()  # nothing half-written
+
+
+def test_build_names_both_files_and_shapes_when_image_and_mask_differ(builder, tmp_path, capsys):
+    """Defect 19 (the builder already raised; kept as a regression test)."""
+    root = tmp_path / "data"
+    _fake_isic(root / "isic2018_task1", n=2, mask_size=(32, 40))
+    assert builder.main(["isic2018", "--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "ISIC_0000000.jpg" in err and "ISIC_0000000_segmentation.png" in err
+    assert "(30, 40)" in err and "(32, 40)" in err
+
+
+def test_loader_refuses_a_split_whose_masks_are_all_empty(tmp_path):
+    """Defect 18 at the loader: a split of blank targets raises instead of giving a data set with no items."""
+    items = [{"name": f"e{i}", "image": _image(12, 12, i), "masks": np.zeros((3, 12, 12), np.uint8), "split": "test"}
+             for i in range(2)]
+    items.append({"name": "t0", "image": _image(12, 12, 5), "masks": _masks(12, 12, (0,)), "split": "training"})
+    root = write_imis_layout(tmp_path, "blank", items, LABELS)
+    with pytest.raises(ValueError, match=r"every mask of the 'test' split .* is empty"):
+        IMISDataset(root=root, split="test")
+    assert len(IMISDataset(root=root, split="training")) == 1  # the other split is fine
+    # a stored 0/255 matrix (another writer's convention) reads as foreground, like the reference's .toarray() != 0
+    path = next((root / "label").glob("x___t0.*"))
+    sparse.save_npz(path, sparse.csr_matrix(read_sparse_mask(path).reshape(3, -1).astype(np.uint8) * 255))
+    assert read_sparse_mask(path).max() == 1 and len(IMISDataset(root=root, split="training")) == 1

@@ -147,7 +147,11 @@ def test_papers_do_not_import_each_other():
 
 
 def test_repro_reads_only_the_cards():
-    """The runner and registry read the papers' cards, never a paper's model code (imports stay one-way)."""
+    """The runner and registry read the papers' cards, never a paper's model code (imports stay one-way).
+
+    The one reach beyond a card is by name, at run time: a ``rehearsal`` profile's ``{fixtures}`` makes the runner
+    call ``medmoe.papers.<name>.fixtures.write_rehearsal_fixtures`` (tested in tests/test_runner.py).
+    """
     for mod, targets in _graph().items():
         if mod.startswith("medmoe.repro"):
             assert not [t for t in targets if t.startswith("medmoe.papers.")], mod
@@ -177,6 +181,8 @@ def test_paper_folder_has_its_parts(paper):
     card = next(c for c in cards() if c.name == paper)
     if card.datasets != ["phantoms"]:  # a paper that reads real data has its layouts and their arranging
         assert (folder / "data.py").is_file(), f"medmoe/papers/{paper}/data.py is missing"
+    if "rehearsal" in card.profiles:  # the runner writes its {fixtures} with this module
+        assert (folder / "fixtures.py").is_file(), f"medmoe/papers/{paper}/fixtures.py is missing"
     doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
     assert f"chapters/{card.notebook}" in doc, f"medmoe/papers/{paper}/__init__.py must link its chapter"
 

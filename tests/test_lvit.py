@@ -312,7 +312,9 @@ def test_unreadable_image(qata_root):
     assert len(LViTDataset(root=qata_root, split="val", split_policy="lvit", size=SIZE)) == N_VAL
 
 
-def test_zero_one_mask_is_not_silently_empty(tmp_path):
+def test_zero_one_mask_is_read_and_other_faint_masks_refused(tmp_path):
+    """Issue 12, defect 18: a 0/1 mask is read as lesion (before: raised, or read as empty by QaTaDataset); a
+    faint mask (0/100) still raises, naming the file."""
     root = tmp_path / "m"
     folder = root / "Test_Folder"
     _png(folder / "img" / "a.png", np.full((32, 32), 100))
@@ -320,12 +322,29 @@ def test_zero_one_mask_is_not_silently_empty(tmp_path):
     mask[4:12, 4:12] = 1
     _png(folder / "labelcol" / "a.png", mask)
     _xlsx(folder / "Test_text.xlsx", [("a.png", "one infected area")])
-    ds = LViTDataset(root=root, split="test", size=SIZE, dataset="mosmed")
-    with pytest.raises(ValueError, match=r"looks like a 0/1 mask: pass mask_threshold=1"):
-        ds[0]
-    item = LViTDataset(root=root, split="test", size=SIZE, dataset="mosmed", mask_threshold=1)[0]
+    item = LViTDataset(root=root, split="test", size=SIZE, dataset="mosmed")[0]
     assert item["mask"].sum() == 64
     assert torch.all(item["image"] == 0)  # constant image -> zeros
+    item = LViTDataset(root=root, split="test", size=SIZE, dataset="mosmed", mask_threshold=1)[0]
+    assert item["mask"].sum() == 64
+    mask[4:12, 4:12] = 100
+    _png(folder / "labelcol" / "a.png", mask)
+    with pytest.raises(ValueError, match=r"a.png has lesion values up to 100, all below mask_threshold=128"):
+        LViTDataset(root=root, split="test", size=SIZE, dataset="mosmed")
+
+
+def test_all_empty_split_and_size_mismatch_are_refused(tmp_path):
+    """Issue 12, defects 18 and 19 in LViT's layout: all-empty masks and image/mask size mismatches raise."""
+    root = tmp_path / "m"
+    folder = root / "Test_Folder"
+    _png(folder / "img" / "a.png", np.full((32, 32), 100))
+    _png(folder / "labelcol" / "a.png", np.zeros((32, 32), np.uint8))
+    _xlsx(folder / "Test_text.xlsx", [("a.png", "one infected area")])
+    with pytest.raises(ValueError, match=r"every mask of split 'test' under .*m is empty \(1 masks read"):
+        LViTDataset(root=root, split="test", size=SIZE, dataset="mosmed")
+    _png(folder / "labelcol" / "a.png", np.full((16, 32), 255, np.uint8))
+    with pytest.raises(ValueError, match=r"image .*img/a.png is 32 x 32 .* mask .*labelcol/a.png is 32 x 16"):
+        LViTDataset(root=root, split="test", size=SIZE, dataset="mosmed")
 
 
 def test_bad_arguments(qata_root, splits, tmp_path):

@@ -255,11 +255,13 @@ def test_per_volume_class_dice_by_hand():
     # Two volumes (B=2), three classes, D=1, H=W=2.
     pred = torch.zeros(2, 3, 1, 2, 2)
     target = torch.zeros(2, 3, 1, 2, 2)
-    # Volume 0: class 0 perfect on 2 voxels -> 4/5; class 1 empty/empty -> 0/1 = 0; class 2 unlabelled -> NaN.
+    # Volume 0: class 0 perfect on 2 voxels -> 4/5; class 1 empty/empty -> skipped (NaN; 0/1 = 0 when scored);
+    # class 2 unlabelled -> NaN.
     pred[0, 0, 0, 0] = 1
     target[0, 0, 0, 0] = 1
     pred[0, 2] = 1
-    # Volume 1: class 0 TP 1, |P| 1, |G| 2 -> 2/4; class 1 one false positive -> 0/2; class 2 perfect on 4 -> 8/9.
+    # Volume 1: class 0 TP 1, |P| 1, |G| 2 -> 2/4; class 1 one false positive on an absent organ -> skipped (NaN;
+    # 0/2 when scored); class 2 perfect on 4 -> 8/9.
     pred[1, 0, 0, 0, 0] = 0.9
     target[1, 0, 0, 0] = 1
     pred[1, 1, 0, 1, 1] = 0.8
@@ -267,11 +269,32 @@ def test_per_volume_class_dice_by_hand():
     target[1, 2] = 1
     labelled = torch.tensor([[True, True, False], [True, True, True]])
     dice = per_volume_class_dice(pred, target, labelled=labelled)
-    expected = torch.tensor([[4 / 5, 0.0, math.nan], [2 / 4, 0.0, 8 / 9]], dtype=torch.float64)
+    expected = torch.tensor([[4 / 5, math.nan, math.nan], [2 / 4, math.nan, 8 / 9]], dtype=torch.float64)
     torch.testing.assert_close(dice, expected, equal_nan=True)
     per_class = mean_dice_per_class(dice)
-    torch.testing.assert_close(per_class, torch.tensor([(0.8 + 0.5) / 2, 0.0, 8 / 9], dtype=torch.float64))
-    assert per_class.nanmean().item() == pytest.approx((0.65 + 0.0 + 8 / 9) / 3)
+    torch.testing.assert_close(per_class, torch.tensor([(0.8 + 0.5) / 2, math.nan, 8 / 9], dtype=torch.float64),
+                               equal_nan=True)
+    assert per_class.nanmean().item() == pytest.approx((0.65 + 8 / 9) / 2)
+    scored = per_volume_class_dice(pred, target, labelled=labelled, skip_absent=False)
+    expected = torch.tensor([[4 / 5, 0.0, math.nan], [2 / 4, 0.0, 8 / 9]], dtype=torch.float64)
+    torch.testing.assert_close(scored, expected, equal_nan=True)
+
+
+def test_per_volume_labelled_but_absent_organ_is_skipped_as_the_reference_test_loop():
+    """Defect 15: the Universal Model's test.py scores an organ of a volume only when its ground truth is non-empty
+    (``torch.sum(label[b, organ - 1]) != 0``). An organ labelled for the dataset but absent from this volume is
+    skipped (NaN) -- not scored 0, which would pull its organ's mean down for every volume without it."""
+    pred = torch.zeros(3, 2, 2, 2, 2)
+    target = torch.zeros(3, 2, 2, 2, 2)
+    target[:, 0] = 1
+    pred[:, 0] = 1  # class 0 perfect in every volume: 16 / 17
+    target[0, 1, 0] = 1
+    pred[0, 1, 0] = 1  # class 1 present (and perfect) only in volume 0: 8 / 9
+    pred[1, 1, 0, 0, 0] = 1  # volume 1: a false positive on the absent organ; volume 2: empty on empty
+    dice = per_volume_class_dice(pred, target, labelled=torch.ones(2, dtype=torch.bool))
+    assert math.isnan(dice[1, 1].item()) and math.isnan(dice[2, 1].item())
+    assert mean_dice_per_class(dice)[1].item() == pytest.approx(8 / 9)  # not (8/9 + 0 + 0) / 3
+    assert mean_dice_per_class(dice)[0].item() == pytest.approx(16 / 17)
 
 
 def test_per_volume_strict_threshold_and_labelled_vector():

@@ -166,3 +166,61 @@ def test_bad_arguments(root, phantoms, tmp_path):
         QaTaDataset(root=root, split="train", table=root / "t.json")
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         write_qata_layout(phantoms, tmp_path, split="val")
+
+
+def _rewrite_mask(root, name, fn):
+    path = root / "Train" / "GTs" / f"mask_{name}"
+    mask = np.asarray(Image.open(path))
+    Image.fromarray(fn(mask).astype(np.uint8)).save(path)
+    return path
+
+
+def test_zero_one_masks_are_read_not_empty(root):
+    """Issue 12, defect 18: before the fix a 0/1 mask read as empty (value >= 128), silently."""
+    before = QaTaDataset(root=root, split="train", size=SIZE)[0]["mask"]
+    _rewrite_mask(root, "phantom_0.png", lambda m: m // 255)
+    after = QaTaDataset(root=root, split="train", size=SIZE)[0]["mask"]
+    assert after.sum() > 0 and torch.equal(before, after)
+
+
+def test_a_split_of_empty_masks_is_refused(root):
+    """Issue 12, defect 18: a split whose masks are all empty (e.g. 0/1 masks misread, or blank files) raises."""
+    for i in (8, 9):  # the val split
+        _rewrite_mask(root, f"phantom_{i}.png", lambda m: m * 0)
+    with pytest.raises(ValueError, match=r"every mask of split 'val' under .* is empty \(2 masks read, e.g. "
+                                         r".*mask_phantom_8.png\)"):
+        QaTaDataset(root=root, split="val", size=SIZE)
+    assert len(QaTaDataset(root=root, split="train", size=SIZE)) == 8  # the train split still has lesions
+
+
+def test_image_and_mask_of_different_sizes_are_refused(root):
+    """Issue 12, defect 19: before the fix both were resized separately and silently."""
+    path = root / "Train" / "GTs" / "mask_phantom_3.png"
+    Image.fromarray(np.zeros((SIZE, SIZE // 2), np.uint8)).save(path)
+    with pytest.raises(ValueError, match=rf"image .*Images/phantom_3.png is {SIZE} x {SIZE} \(W x H\) but its "
+                                         rf"mask .*mask_phantom_3.png is {SIZE // 2} x {SIZE}"):
+        QaTaDataset(root=root, split="train", size=SIZE)
+    # at load time too (e.g. a file replaced after construction): both files and both shapes are named
+    from medmoe.papers.mlmoe.data import _load_pair  # why: the private loader, checked directly
+
+    with pytest.raises(ValueError, match=rf"phantom_3.png has shape \({SIZE}, {SIZE}\).*mask_phantom_3.png has "
+                                         rf"shape \({SIZE}, {SIZE // 2}\)"):
+        _load_pair(root / "Train" / "Images" / "phantom_3.png", path, size=SIZE)
+
+
+def test_bicubic_resize_and_random_zoom(root):
+    """Issue 12, defect 4: Ariadne's bicubic resize and RandZoom(0.95-1.2, p) for training."""
+    bil = QaTaDataset(root=root, split="train", size=64)[1]
+    bic = QaTaDataset(root=root, split="train", size=64, interpolation="bicubic")[1]
+    assert torch.equal(bil["mask"], bic["mask"]) and not torch.allclose(bil["image"], bic["image"])
+    zoomed = QaTaDataset(root=root, split="train", size=64, interpolation="bicubic", zoom_prob=1.0, seed=0)
+    z = zoomed[1]
+    assert z["image"].shape == z["mask"].shape == (1, 64, 64)
+    assert set(torch.unique(z["mask"]).tolist()) <= {0.0, 1.0}
+    assert not torch.equal(z["mask"], bic["mask"])  # zoomed by a factor in [0.95, 1.2]
+    assert zoomed.zoom.prob == 1.0 and tuple(zoomed.zoom.rand_zoom.min_zoom) == (0.95,)
+    assert tuple(zoomed.zoom.rand_zoom.max_zoom) == (1.2,)
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        QaTaDataset(root=root, split="train", interpolation="area")
+    with pytest.raises(ValueError, match=r"zoom_prob must be a probability in \[0, 1\], got 2"):
+        QaTaDataset(root=root, split="train", zoom_prob=2)

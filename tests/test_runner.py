@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 
 from medmoe.papers import Card
+from medmoe.papers import cards as _cards
 from medmoe.repro import registry
 from medmoe.repro.cli import main
 from medmoe.repro.runner import (
+    MissingInputsError,
     RunnerError,
+    check_inputs,
     load_profiles,
+    materialise_fixtures,
     notebook_parameters,
     prepare_notebook,
     resolve_parameters,
@@ -254,3 +260,75 @@ def test_report_shows_the_quick_profile_analogue(tmp_path):
     row = next(line for line in registry.render_report(runs_root=runs, papers=reg).splitlines() if "`demo.pct`" in line)
     assert "not run" in row.split("|")[3]  # no paper-profile run
     assert "50.00 (1 seed(s), cpu)" in row  # the quick run, scaled to %
+
+
+# ----------------------------------------------------------------------------- issue 12: inputs, fixtures, extends
+
+_PAPER_CARDS = [c for c in _cards() if "paper" in c.profiles]
+
+
+@pytest.mark.parametrize("card", _PAPER_CARDS, ids=lambda c: c.name)
+def test_paper_profile_without_its_data_stops_before_anything_runs(card, tmp_path, monkeypatch):
+    """Defect 20: a missing dataset or weight file stops the run with the data_scripts command, before training."""
+    monkeypatch.chdir(tmp_path)  # an empty folder: no data/, no weights
+    out = tmp_path / "run"
+    with pytest.raises(MissingInputsError) as err:
+        run_notebook(ROOT / card.notebook_path, profile="paper", out_dir=out)
+    message = str(err.value)
+    assert "data_scripts/" in message, message
+    assert "nothing ran" in message
+    assert not (out / "notebook.ipynb").exists(), "the notebook must not start"
+
+
+@pytest.mark.parametrize("card", _PAPER_CARDS, ids=lambda c: c.name)
+def test_every_paper_profile_declares_its_inputs(card):
+    active = [e for e in card.inputs if "data_scripts/" in e["command"] or "medmoe" in e["command"]]
+    assert active, f"medmoe/papers/{card.name}/card.yaml declares no inputs for its paper profile"
+
+
+def test_check_inputs_makes_relative_paths_absolute_and_skips_what_does_not_apply(tmp_path):
+    (tmp_path / "data" / "QaTa").mkdir(parents=True)
+    spec = [{"path": "{data_root}/QaTa", "what": "QaTa", "command": "python data_scripts/prepare_qata.py",
+             "when": {"dataset": ["qata"]}},
+            {"path": "{text_encoder}", "what": "CXR-BERT", "command": "python data_scripts/fetch.py cxr-bert",
+             "unless": {"text_encoder": ["minilm"]}},
+            {"path": "{weights}", "what": "ConvNeXt", "command": "python data_scripts/fetch.py convnext"}]
+    params = {"dataset": "qata", "data_root": "data", "text_encoder": "minilm", "weights": ""}
+    assert check_inputs(spec, params, base=tmp_path) == {"data_root": str(tmp_path / "data")}
+    params["text_encoder"] = "hf/cxr-bert"
+    with pytest.raises(MissingInputsError, match=r"CXR-BERT: .*hf/cxr-bert is not there; it is made by: "
+                                                 r"python data_scripts/fetch.py cxr-bert"):
+        check_inputs(spec, params, base=tmp_path)
+    with pytest.raises(RunnerError, match="unknown parameter"):
+        check_inputs([{"path": "{nope}", "what": "x", "command": "y"}], params, base=tmp_path)
+
+
+def test_fixtures_placeholder_is_written_and_substituted(tmp_path, monkeypatch):
+    written = []
+    module = types.ModuleType("medmoe.papers.fakepaper.fixtures")
+    module.write_rehearsal_fixtures = lambda root: written.append(root)
+    monkeypatch.setitem(sys.modules, "medmoe.papers.fakepaper.fixtures", module)
+    values = {"data_root": "{fixtures}/data", "lists": ["{fixtures}/a.txt"], "epochs": 1}
+    out = materialise_fixtures("fakepaper", values, tmp_path / "fx")
+    root = str((tmp_path / "fx").resolve())
+    assert written == [Path(root)]
+    assert out == {"data_root": f"{root}/data", "lists": [f"{root}/a.txt"], "epochs": 1}
+    assert materialise_fixtures("fakepaper", {"epochs": 1}, tmp_path / "none") == {"epochs": 1}
+    assert len(written) == 1  # nothing written when no value mentions {fixtures}
+    with pytest.raises(RunnerError, match="does not exist"):
+        materialise_fixtures("nosuchpaper", values, tmp_path / "fx2")
+
+
+@pytest.mark.parametrize("card", [c for c in _cards() if "rehearsal" in c.profiles], ids=lambda c: c.name)
+def test_rehearsal_is_the_paper_profile_with_sizes_changed(card):
+    """A rehearsal extends the paper profile: it may change sizes and paths, never the dataset or the protocol."""
+    raw = yaml.safe_load((ROOT / "medmoe" / "papers" / card.name / "card.yaml").read_text())["profiles"]["rehearsal"]
+    assert raw.get("extends") == "paper"
+    assert card.profiles["rehearsal"].get("dataset") == card.profiles["paper"].get("dataset")
+
+
+@pytest.mark.parametrize("card", [c for c in _cards() if c.datasets != ["phantoms"]], ids=lambda c: c.name)
+def test_every_chapter_that_reads_real_data_has_a_rehearsal(card):
+    assert "rehearsal" in card.profiles, f"medmoe/papers/{card.name}/card.yaml needs a rehearsal profile"
+    values = card.profiles["rehearsal"]
+    assert any("{fixtures}" in str(v) for v in values.values()), "a rehearsal reads its {fixtures}, not real data"

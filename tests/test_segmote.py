@@ -363,6 +363,11 @@ def test_notebook_paper_profile_wiring_on_imis_layout_data(tmp_path):
     """The chapter's `paper` path end to end at a tiny size: a SAM checkpoint from a local file, IMIS-layout folders
     for training and evaluation, no embedding cache, the milestone schedule; metrics per data set come out."""
     root = _imis_root(tmp_path, n_train=4)
+    # CHAOS CT is not a MedSeg-HQ source (defect 13): with train_codes "" the chapter must not train on it
+    liver = np.zeros((1, 32, 32), np.uint8)
+    liver[0, 8:24, 8:20] = 1
+    write_imis_layout(root, "chaos_ct", [{"name": f"c{i}", "image": liver[0] * 150, "masks": liver,
+                                          "split": "test" if i == 0 else "training"} for i in range(3)], ["liver"])
     torch.save(build_sam(CONFIGS["segmote_test"]).state_dict(), tmp_path / "sam.pth")
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "03_segmote.py"
     rec = run_notebook(nb, profile="smoke", out_dir=tmp_path / "out", parameters={
@@ -374,6 +379,12 @@ def test_notebook_paper_profile_wiring_on_imis_layout_data(tmp_path):
                 "dice_prompt_free"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["sam_unchanged"] is True
+    import json  # why: read the executed notebook's printed output (only this test does)
+
+    printed = "".join("".join(o.get("text", "")) for c in json.loads((tmp_path / "out" / rec["executed_notebook"])
+                      .read_text())["cells"] for o in c.get("outputs", []))
+    assert "training on ['isic2018_task1', 'organs']" in printed  # not chaos_ct
+    assert "dice_box_chaos_ct" in metrics  # evaluated, as every folder with a test split
 
 
 def test_train_both_stages_through_the_engine(tmp_path):
@@ -404,3 +415,90 @@ def test_train_both_stages_through_the_engine(tmp_path):
     with pytest.raises(ValueError, match="lr_milestones"):
         R.train(m, tasks, stage="sam_pretrain", lr_milestones=[1], out_dir=tmp_path / "x", epochs=1, lr=1e-3,
                 batch_size=4)
+
+
+def test_evaluate_scores_logits_and_ground_truth_on_one_device(tmp_path, monkeypatch):
+    """Defect 10: on CUDA, ``evaluate`` moved the ground truth to the model's device but kept the logits on the CPU,
+    and the metric crashed. A CPU cannot run CUDA, so the model here *reports* the ``meta`` device (which holds no
+    data and refuses to mix with CPU tensors, as CUDA does): the model inputs must be sent to it, and the metric must
+    get the logits and the ground truth on one device. The decoder itself runs on CPU copies of the same batch."""
+    tasks = IMISSegTasks(MultiDatasetIMIS(root=_imis_root(tmp_path), split="test", size=64))
+    m = _model()
+    data = EmbeddingTasks(tasks, cache_embeddings(m, tasks))
+    expected = R.evaluate(m, data, prompt="box")
+
+    cpu_batches, real_loader, real_prompted, real_dice = [], R.make_loader, R._prompted, R.per_class_per_image_dice
+
+    def loader(*args, **kwargs):  # remember each CPU batch as the data set made it
+        for batch in real_loader(*args, **kwargs):
+            cpu_batches.append(batch)
+            yield batch
+
+    def prompted(model, batch, kinds, boxes, points):
+        assert {v.device.type for v in batch.values()} == {"meta"} and boxes.device.type == "meta"  # on the model's
+        cpu = cpu_batches[-1]
+        cpu_boxes = torch.stack([R.box_from_mask(cpu["mask"][i, 0]) for i in range(len(kinds))])
+        return real_prompted(model, cpu, kinds, cpu_boxes, None)
+
+    def dice(pred, truth, **kwargs):
+        assert pred.device == truth.device, (pred.device, truth.device)
+        return real_dice(pred, truth, **kwargs)
+
+    monkeypatch.setattr(m, "trainable_parameters", lambda: [torch.nn.Parameter(torch.empty(1, device="meta"))])
+    monkeypatch.setattr(R, "make_loader", loader)
+    monkeypatch.setattr(R, "_prompted", prompted)
+    monkeypatch.setattr(R, "per_class_per_image_dice", dice)
+    got = R.evaluate(m, data, prompt="box")
+    assert got["dice"] == pytest.approx(expected["dice"], abs=1e-6)
+
+
+@pytest.mark.parametrize("queries", [4, 8])
+def test_ppt_with_more_queries_trains_in_batches_that_mix_prompt_kinds(queries):
+    """Defect 11: Table 4's Q = 4 and Q = 8. The sparse-token buffer of a mixed batch is as long as its longest prompt
+    (Q PPT tokens); box and point rows are padded with SAM's not-a-point token; a batch without PPT rows keeps SAM's
+    2 tokens. Forward and backward run, and the PPT queries get a gradient."""
+    m = _model(ppt_queries=queries)
+    assert m.ppt.queries.shape[0] == queries
+    images, boxes = _batch(4)
+    emb, early = m.encode(images)
+    m.train()
+    points = boxes[:, None, :2] + 2.0
+    kinds = ["box", "free", "point", "free"]
+    out = R._prompted(m, {"emb": emb, "early": early}, kinds, boxes, points)
+    assert out.masks.shape == (4, 1, 16, 16)
+    (out.masks.mean() + out.balance_loss).backward()
+    assert m.ppt.queries.grad is not None and m.ppt.queries.grad.abs().sum() > 0
+    encode = {"box": lambda rows: m.prompt_tokens(emb[rows], boxes=boxes[rows]),
+              "point": lambda rows: m.prompt_tokens(emb[rows], points=(points[rows], torch.ones(len(rows), 1))),
+              "free": lambda rows: m.prompt_tokens(emb[rows], prompt_free=True)}
+    pad = m.sam.prompt_encoder.not_a_point_embed.weight
+    sparse = R.prompt_tokens_by_kind(kinds, lambda k, rows: encode[k](rows), batch=4, dim=m.config.prompt_dim,
+                                     like=emb, pad=pad)
+    assert sparse.shape == (4, queries, m.config.prompt_dim)
+    assert torch.equal(sparse[0, 2:], pad.expand(queries - 2, -1)) and torch.equal(sparse[0, :2], encode["box"]([0])[0])
+    only_boxes = R.prompt_tokens_by_kind(["box"] * 4, lambda k, rows: encode[k](rows), batch=4,
+                                         dim=m.config.prompt_dim, like=emb, pad=pad)
+    assert only_boxes.shape[1] == 2
+    free = m(emb, early, prompt_free=True)
+    assert free.masks.shape == (4, 1, 16, 16)
+
+
+def test_segmote_stage_uses_the_codes_weight_decay(tmp_path, monkeypatch):
+    """Defect 12: AdamW with weight decay 1e-5 (the code's ``--weight_decay``), not torch's default 0.01."""
+    made = []
+    real = torch.optim.AdamW
+
+    def spy(params, **kwargs):
+        made.append(kwargs)
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    tasks = PhantomSegTasks(PhantomDataset2D(n=2, modalities=("derm",), size=64, seed=0, channels=3))
+    m = _model()
+    data = EmbeddingTasks(tasks, cache_embeddings(m, tasks))
+    R.train(m, data, stage="segmote", out_dir=tmp_path / "a", epochs=1, lr=1e-3, batch_size=4)
+    assert made[-1].get("weight_decay") == 1e-5
+    R.train(m, data, stage="segmote", out_dir=tmp_path / "b", epochs=1, lr=1e-3, batch_size=4, weight_decay=0.0)
+    assert made[-1]["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="weight_decay"):
+        R.train(m, data, stage="segmote", out_dir=tmp_path / "c", epochs=1, lr=1e-3, batch_size=4, weight_decay=-1)

@@ -26,6 +26,7 @@ from medmoe.backbones.encoders import (
     encode_cached,
     feature_channels,
     load_medclip_swin,
+    load_medclip_text,
     swin_features,
     swin_min_input_size,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "TextFeatures", "TextEncoder", "TEXT_MODELS", "build_text_encoder", "encode_cached",
     "CONVNEXT_CONFIGS", "CONVNEXT_HUB_IDS", "build_convnext", "convnext_features",
     "SWIN_CONFIGS", "SWIN_HUB_IDS", "build_swin", "swin_features", "swin_min_input_size", "feature_channels",
-    "LoadReport", "load_medclip_swin", "build_sam", "load_sam_checkpoint", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD",
+    "LoadReport", "load_medclip_swin", "load_medclip_text",
+    "build_sam", "load_sam_checkpoint", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD",
     "WeightsUnavailableError", "ENCODERS",
 ]

@@ -168,10 +168,24 @@ def _read_config(directory: str) -> dict:
 
 
 def _check_remote_code(directory: str, *, trust_remote_code: bool, what: str) -> None:
-    if _read_config(directory).get("auto_map") and not trust_remote_code:
+    """A local folder whose ``config.json`` has ``auto_map`` (CXR-BERT's does: its model class lives in the
+    folder's own ``modeling_*.py``) loads only with ``trust_remote_code=True``, and only if the code files that
+    ``auto_map`` names are in the folder (offline, transformers cannot fetch them)."""
+    auto_map = _read_config(directory).get("auto_map")
+    if not auto_map:
+        return
+    if not trust_remote_code:
         raise ValueError(
             f"{what}: {directory!r} ships its own model code (config.json has 'auto_map'); loading it runs that "
             "code. Read it, then opt in with trust_remote_code=True."
+        )
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(r, str)]
+    modules = sorted({r.split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs if "." in r})
+    missing = [m for m in modules if not (Path(directory) / m).is_file()]
+    if missing:
+        raise ValueError(
+            f"{what}: config.json in {directory!r} names model code in {missing} (auto_map), which the folder lacks; "
+            "download the whole repository (`hf download <id> --local-dir <folder>` copies the .py files too)."
         )
 
 
@@ -822,14 +836,15 @@ def feature_channels(model) -> list[int]:
 
 
 class LoadReport(NamedTuple):
-    """What a checkpoint loader did: :func:`load_medclip_swin`, :func:`medmoe.backbones.sam.load_sam_checkpoint`.
+    """What a checkpoint loader did: :func:`load_medclip_swin`, :func:`load_medclip_text`,
+    :func:`medmoe.backbones.sam.load_sam_checkpoint`.
 
     Attributes:
         loaded: model keys that received weights.
         missing: model keys the checkpoint did not provide (they keep their previous values).
-        unexpected: vision keys of the checkpoint the model has no place for (e.g. MedCLIP's projection head).
-        ignored: checkpoint keys skipped on purpose: Swin's ``relative_position_index`` buffers, which recent
-            ``transformers`` rebuild instead of storing, and everything outside the vision model.
+        unexpected: keys of the checkpoint's tower the model has no place for (e.g. MedCLIP's projection heads).
+        ignored: checkpoint keys skipped on purpose: buffers that recent ``transformers`` rebuild instead of
+            storing (Swin's ``relative_position_index``, BERT's ``position_ids``), and everything outside the tower.
         resized: loaded keys whose tensors were resized to the model's shape (SAM's position tables).
     """
 
@@ -838,6 +853,11 @@ class LoadReport(NamedTuple):
     unexpected: list[str]
     ignored: list[str]
     resized: tuple[str, ...] = ()
+
+    def summary(self) -> dict[str, int]:
+        """Counts per field, for a one-line table row: ``{"loaded": n, "missing": n, ...}``."""
+        return {"loaded": len(self.loaded), "missing": len(self.missing), "unexpected": len(self.unexpected),
+                "ignored": len(self.ignored), "resized": len(self.resized)}
 
 
 #: Swin parameter names of transformers 4.x (the MedCLIP release) -> the current names, applied in order (the
@@ -860,14 +880,72 @@ def _current_swin_key(key: str) -> str:
     return key
 
 
+def _read_medclip_state(checkpoint: str | os.PathLike) -> tuple[Path, dict]:
+    """MedCLIP's ``pytorch_model.bin`` (the file, or the folder holding it or one folder below) -> (path, state)."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        candidates = [path / "pytorch_model.bin", *sorted(path.glob("*/pytorch_model.bin"))]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"no pytorch_model.bin in {str(path)!r} (or one folder below it); "
+                                    "`python data_scripts/fetch.py medclip_vit` extracts it under data/weights/medclip")
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"MedCLIP checkpoint {str(path)!r} does not exist; "
+                                "`python data_scripts/fetch.py medclip_vit` downloads it to data/weights/medclip")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{str(path)!r} does not hold a state dict (got {type(state).__name__})")
+    return path, state
+
+
+def _load_tower(model, path: Path, state: dict, *, prefix: str, rename, buffers: tuple[str, ...], tower: str,
+                warn: bool, caller: str) -> LoadReport:
+    """Load the keys of ``state`` under ``prefix`` (renamed by ``rename`` if the model lacks them) into ``model``."""
+    own = model.state_dict()
+    renamed, unexpected, ignored = {}, [], []
+    for key, value in state.items():
+        if key.startswith(prefix):
+            sub = key[len(prefix):]
+            if sub not in own:
+                sub = rename(sub)
+            if sub in own:
+                renamed[sub] = value
+            elif sub.endswith(buffers):
+                ignored.append(key)  # a buffer recent transformers rebuild instead of storing
+            else:
+                unexpected.append(key)
+        elif key.startswith(prefix.split(".")[0] + "."):
+            unexpected.append(key)  # e.g. vision_model.projection_head.weight, text_model.projection_head.weight
+        else:
+            ignored.append(key)  # the other tower, logit_scale
+    if not renamed:
+        heads = sorted({k.split(".")[0] for k in state})[:8]
+        raise ValueError(f"no key of {str(path)!r} matches the {tower} under prefix {prefix!r}; the checkpoint's "
+                         f"top-level names are {heads}")
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in renamed.items()
+           if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"the checkpoint's {tower} has other shapes than the model (a different size?): "
+                         + "; ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
+    result = model.load_state_dict(renamed, strict=False)
+    missing = list(result.missing_keys)
+    if missing and warn:
+        warnings.warn(f"{caller}: {len(missing)} model keys not in the checkpoint keep their values: "
+                      f"{missing[:5]}{' ...' if len(missing) > 5 else ''}", stacklevel=3)
+    return LoadReport(loaded=sorted(renamed), missing=missing, unexpected=unexpected, ignored=ignored)
+
+
 def load_medclip_swin(model, checkpoint: str | os.PathLike, *, prefix: str = "vision_model.model.",
                       warn: bool = True) -> LoadReport:
     """Load the vision tower of a MedCLIP-style checkpoint into a ``SwinModel``, as MedMoE initialises Swin-T.
 
     MedCLIP's ``pytorch_model.bin`` holds the whole CLIP model: ``vision_model.model.*`` is the Swin,
-    ``vision_model.projection_head.*`` its projection, ``text_model.*`` the text side. MedMoE renames
-    ``vision_model.`` to ``model.`` and loads with ``strict=False``; the same keys land here by stripping
-    ``prefix``. MedCLIP saved its Swin with transformers 4.x parameter names (``attention.self.query``,
+    ``vision_model.projection_head.*`` its projection, ``text_model.*`` the text side (:func:`load_medclip_text`).
+    MedMoE renames ``vision_model.`` to ``model.`` and loads with ``strict=False``; the same keys land here by
+    stripping ``prefix``. MedCLIP saved its Swin with transformers 4.x parameter names (``attention.self.query``,
     ``intermediate.dense`` ...); they are renamed to the current ones (``attention.q_proj``, ``mlp.fc1`` ...),
     as transformers does for old hub checkpoints. Nothing fails silently: the returned :class:`LoadReport` lists
     what was loaded, missing and unexpected, a warning names missing keys, and a checkpoint with no key under
@@ -884,53 +962,49 @@ def load_medclip_swin(model, checkpoint: str | os.PathLike, *, prefix: str = "vi
         ValueError: no key under ``prefix``, or shapes that do not match the model (a different Swin size).
         FileNotFoundError: no checkpoint at ``checkpoint``.
     """
-    path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        candidates = [path / "pytorch_model.bin", *sorted(path.glob("*/pytorch_model.bin"))]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            raise FileNotFoundError(f"no pytorch_model.bin in {str(path)!r} (or one folder below it)")
-        path = found[0]
-    elif not path.is_file():
-        raise FileNotFoundError(f"MedCLIP checkpoint {str(path)!r} does not exist; see "
-                                "`python data_scripts/fetch.py --show medclip_vit`")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{str(path)!r} does not hold a state dict (got {type(state).__name__})")
-    own = model.state_dict()
-    renamed, unexpected, ignored = {}, [], []
-    for key, value in state.items():
-        if key.startswith(prefix):
-            sub = key[len(prefix):]
-            if sub not in own:
-                sub = _current_swin_key(sub)
-            if sub in own:
-                renamed[sub] = value
-            elif sub.endswith("relative_position_index"):
-                ignored.append(key)
-            else:
-                unexpected.append(key)
-        elif key.startswith(prefix.split(".")[0] + "."):
-            unexpected.append(key)  # e.g. vision_model.projection_head.weight
-        else:
-            ignored.append(key)
-    if not renamed:
-        heads = sorted({k.split(".")[0] for k in state})[:8]
-        raise ValueError(f"no key of {str(path)!r} matches the model under prefix {prefix!r}; the checkpoint's "
-                         f"top-level names are {heads}")
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in renamed.items()
-           if tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
-        raise ValueError("the checkpoint's Swin has other shapes than the model (a different size?): "
-                         + "; ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
-    result = model.load_state_dict(renamed, strict=False)
-    missing = list(result.missing_keys)
-    if missing and warn:
-        warnings.warn(f"load_medclip_swin: {len(missing)} model keys not in the checkpoint keep their values: "
-                      f"{missing[:5]}{' ...' if len(missing) > 5 else ''}", stacklevel=2)
-    return LoadReport(loaded=sorted(renamed), missing=missing, unexpected=unexpected, ignored=ignored)
+    path, state = _read_medclip_state(checkpoint)
+    return _load_tower(model, path, state, prefix=prefix, rename=_current_swin_key,
+                       buffers=("relative_position_index",), tower="Swin", warn=warn, caller="load_medclip_swin")
+
+
+def load_medclip_text(model, checkpoint: str | os.PathLike, *, prefix: str = "text_model.model.",
+                      warn: bool = True) -> LoadReport:
+    """Load the text tower of a MedCLIP-style checkpoint into a BERT (``BertModel``), as MedMoE initialises
+    Bio_ClinicalBERT.
+
+    MedCLIP's text model wraps ``emilyalsentzer/Bio_ClinicalBERT`` as ``text_model.model`` (plus a projection
+    ``text_model.projection_head``, which MedMoE does not use: its text branch has no projection). MedMoE builds
+    Bio_ClinicalBERT from the hub and overwrites it with the ``text_model`` weights of the same checkpoint; here
+    ``prefix`` is stripped and the rest loaded with ``strict=False`` into ``model`` -- the ``backbone`` of a
+    :class:`TextEncoder` built from a local Bio_ClinicalBERT folder (which still gives the config and the
+    tokenizer). ``embeddings.position_ids`` (stored by transformers 4.x, rebuilt by current versions) is
+    ``ignored``; the projection head is ``unexpected``. The returned :class:`LoadReport` says what was loaded.
+
+    Args:
+        model: the BERT to fill (``build_text_encoder(folder, ...).backbone``). If it belongs to a
+            :class:`TextEncoder`, call its ``clear_cache()`` afterwards.
+        checkpoint: MedCLIP's ``pytorch_model.bin`` or its folder (as :func:`load_medclip_swin`).
+        prefix: the key prefix of the BERT inside the checkpoint.
+        warn: warn when some model keys are missing.
+
+    Raises:
+        ValueError: no key under ``prefix``, or shapes that do not match the model (another BERT than the one
+            MedCLIP used, e.g. a vocabulary of another size).
+        FileNotFoundError: no checkpoint at ``checkpoint``.
+
+    Example:
+        >>> import tempfile, os
+        >>> enc = build_text_encoder("random-bert-tiny", max_length=8)
+        >>> state = {f"text_model.model.{k}": v + 1 for k, v in enc.backbone.state_dict().items()}
+        >>> state["text_model.projection_head.weight"] = torch.zeros(2, enc.width)
+        >>> path = os.path.join(tempfile.mkdtemp(), "pytorch_model.bin"); torch.save(state, path)
+        >>> report = load_medclip_text(enc.backbone, path)
+        >>> len(report.loaded) == len(enc.backbone.state_dict()), report.unexpected
+        (True, ['text_model.projection_head.weight'])
+    """
+    path, state = _read_medclip_state(checkpoint)
+    return _load_tower(model, path, state, prefix=prefix, rename=lambda k: k, buffers=("position_ids",),
+                       tower="BERT", warn=warn, caller="load_medclip_text")
 
 
 #: The builders by backbone family.

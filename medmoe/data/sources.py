@@ -556,6 +556,36 @@ register(Source(
 ))
 
 register(Source(
+    name="universal_txt_encoding",
+    description="CLIP-Driven Universal Model class embeddings txt_encoding.pth ((32, 512), CLIP ViT-B/32; MoME)",
+    access="open",
+    files=(RemoteFile("txt_encoding.pth",
+                      url="https://github.com/ljwztc/CLIP-Driven-Universal-Model/raw/main/pretrained_weights/"
+                          "txt_encoding.pth",
+                      note="the repository publishes no checksum, so this file cannot be verified"),),
+    homepage="https://github.com/ljwztc/CLIP-Driven-Universal-Model",
+    licence="see the CLIP-Driven-Universal-Model repository",
+    target="weights/universal",
+    size="?",
+    used_by="MoME chapter (the Universal Model's text branch)",
+))
+
+register(Source(
+    name="swin_unetr_ssl",
+    description="Self-supervised Swin UNETR encoder weights model_swinvit.pt (MONAI; feature size 48; MoME init)",
+    access="open",
+    files=(RemoteFile("model_swinvit.pt",
+                      url="https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+                          "model_swinvit.pt",
+                      note="MONAI publishes no checksum, so this file cannot be verified"),),
+    homepage="https://github.com/Project-MONAI/research-contributions/tree/main/SwinUNETR/BTCV",
+    licence="Apache-2.0",
+    target="weights/universal",
+    size="about 250 MB",
+    used_by="MoME chapter (SwinUNETR.load_from, as the Universal Model's training starts)",
+))
+
+register(Source(
     name="chexpert_5x200",
     description="CheXpert 5x200 zero-shot evaluation list (1,000 rows, 5 classes; images not included)",
     access="manual",
@@ -687,7 +717,10 @@ register(Source(
    sections CheXpert, ChestX-ray8 and RadImageNet.
 2. Save the three CSV files with their names unchanged in the folder below.
 3. The images come separately from each source dataset (CheXpert: Kaggle or Stanford AIMI;
-   ChestX-ray8: NIH Box, open; RadImageNet: request form). Pass their folders as image_root to
+   ChestX-ray8: NIH Box, open; RadImageNet: request form). The chapter's paper profile reads them from
+   three folders next to the CSV files (a symbolic link each is enough):
+   radimagenet/ (holds radiology_ai/), chexpert/ (holds CheXpert-v1.0-small/) and chestxray8/ (holds
+   the image files the table's filename column names); elsewhere, pass their folders as image_root to
    medmoe.papers.medmoe.data.UniMedCaptions (one per table).""",
     size="3 CSV files",
     used_by="MedMoE chapter (pretraining captions, one sample per caption: medmoe.papers.medmoe.data.UniMedCaptions)",

@@ -17,7 +17,7 @@ import yaml
 
 from medmoe.env import environment
 from medmoe.papers import cards
-from medmoe.repro.registry import render_report, render_timings, reproduce
+from medmoe.repro.registry import rehearsal_gaps, render_report, render_timings, reproduce
 from medmoe.repro.runner import METRICS_FILE, RunnerError, prepare_notebook, run_notebook
 
 __all__ = ["build_parser", "main"]
@@ -36,8 +36,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for name, value in args.parameter or []:
         overrides[name] = _parse_value(value)
     rec = run_notebook(args.notebook, profile=args.profile, parameters=overrides, out_dir=args.out,
-                       timeout=args.timeout, log_output=args.log_output)
+                       timeout=args.timeout, log_output=args.log_output, gpus=args.gpus, cpu=args.cpu)
     shown = {k: rec[k] for k in ("notebook", "profile", "seed", "status", "wall_time_s", "metrics")}
+    if args.profile == "rehearsal":  # the paper path must fill every paper cell it shares parameters with
+        gaps = rehearsal_gaps(rec)
+        if gaps:
+            raise RunnerError(f"the rehearsal of {args.notebook} ran but did not report {len(gaps)} paper cell(s) "
+                              "as finite numbers:\n  " + "\n  ".join(gaps))
+    if args.max_seconds is not None and rec["wall_time_s"] > args.max_seconds:
+        raise RunnerError(f"{args.notebook} --profile {args.profile} took {rec['wall_time_s']} s, over the "
+                          f"--max-seconds {args.max_seconds} budget")
     print(json.dumps(shown, indent=2, default=str))
     print(f"wrote {Path(rec['parameters']['run_dir']) / METRICS_FILE}")
     return 0
@@ -55,6 +63,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_chapters(args: argparse.Namespace) -> int:
     for card in cards():
+        if args.with_profile and args.with_profile not in card.profiles:
+            continue
         if args.stems:
             print(card.notebook)
         elif args.paths:
@@ -92,12 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="execute a notebook with a profile through papermill")
     r.add_argument("notebook", help="e.g. notebooks/00_moe_primer.py")
-    r.add_argument("--profile", default="quick", help="quick | smoke | paper (see the paper's card.yaml)")
+    r.add_argument("--profile", default="quick", help="quick | smoke | paper | rehearsal (see the paper's card.yaml)")
     r.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="override a parameter (value parsed as YAML); repeatable")
     r.add_argument("--out", help="output folder (default runs/<profile>/<notebook>)")
     r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     r.add_argument("--log-output", action="store_true", help="stream the notebook's output")
+    r.add_argument("--gpus", type=int, default=1,
+                   help="data-parallel processes (accelerate launch, DDP); rank 0 writes the notebook and metrics")
+    r.add_argument("--cpu", action="store_true", help="with --gpus N: run the N processes on the CPU (gloo)")
+    r.add_argument("--max-seconds", type=float, default=None, help="fail if the run takes longer (CI budgets)")
     r.set_defaults(func=_cmd_run)
     pr = sub.add_parser("prepare", help="write notebooks with a profile injected, not executed (for nbval)")
     pr.add_argument("notebooks", nargs="+")
@@ -109,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     only = ls.add_mutually_exclusive_group()
     only.add_argument("--stems", action="store_true", help="print only the notebook stems (for shell loops)")
     only.add_argument("--paths", action="store_true", help="print only the notebook paths (for the Makefile)")
+    ls.add_argument("--with-profile", metavar="NAME", help="only the chapters whose card defines this profile")
     ls.set_defaults(func=_cmd_chapters)
     e = sub.add_parser("env", help="print the environment record")
     e.set_defaults(func=_cmd_env)

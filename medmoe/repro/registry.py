@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any
 from medmoe.papers import Card, cards
 from medmoe.repro.runner import RunnerError, run_notebook
 
-__all__ = ["Cell", "load_cells", "find_runs", "matching_runs", "render_report", "render_timings", "reproduce"]
+__all__ = ["Cell", "load_cells", "find_runs", "matching_runs", "rehearsal_gaps", "render_report", "render_timings",
+           "reproduce"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _FIELDS = ("id", "table", "row", "column", "paper_value", "profile", "parameters", "metric")
@@ -27,7 +29,12 @@ _FIELDS = ("id", "table", "row", "column", "paper_value", "profile", "parameters
 
 @dataclass(frozen=True)
 class Cell:
-    """One number of one paper's table, and how the book reproduces it."""
+    """One number of one paper's table, and how the book reproduces it.
+
+    ``computed: false`` (with a ``note`` saying why) marks a cell the book cannot compute from the data it has,
+    e.g. MedMoE's RSNA linear probe, whose evaluation release has no training split: the report says so
+    instead of "not run", and a rehearsal does not ask for it.
+    """
 
     id: str
     paper: str
@@ -42,6 +49,7 @@ class Cell:
     note: str = ""
     scale: float = 1.0
     quick: dict[str, Any] | None = None
+    computed: bool = True
 
     @property
     def run_tag(self) -> str:
@@ -65,9 +73,11 @@ def load_cells(papers: list[Card] | None = None) -> list[Cell]:
             missing = [f for f in _FIELDS if f not in raw]
             if missing:
                 raise ValueError(f"{card.name}/card.yaml: cell #{i} ({raw.get('id', '?')}) is missing {missing}")
-            unknown = sorted(set(raw) - set(_FIELDS) - {"note", "scale", "quick"})
+            unknown = sorted(set(raw) - set(_FIELDS) - {"note", "scale", "quick", "computed"})
             if unknown:
                 raise ValueError(f"{card.name}/card.yaml: cell {raw['id']} has unknown field(s) {unknown}")
+            if raw.get("computed") is False and not raw.get("note"):
+                raise ValueError(f"{card.name}/card.yaml: cell {raw['id']} says computed: false; add a note why")
             if raw["id"] in seen:
                 raise ValueError(f"duplicate registry cell id {raw['id']}")
             seen.add(raw["id"])
@@ -107,6 +117,34 @@ def matching_runs(cell: Cell, runs: list[dict[str, Any]], *, quick: bool = False
     return out
 
 
+def rehearsal_gaps(record: dict[str, Any], papers: list[Card] | None = None) -> list[str]:
+    """The paper cells a ``rehearsal`` run should have filled but did not: ``"<cell id>: <metric>"`` each.
+
+    A rehearsal runs the paper profile's path with tiny sizes, so every ``paper`` cell of its notebook whose
+    parameters the run shares must find its metric, as a finite number, in the run's ``metrics``. A renamed
+    metric or a registry cell nobody computes then fails ``make rehearsal`` instead of reading "not run" forever.
+
+    Example:
+        >>> rec = {"notebook": "notebooks/01_mlmoe.py", "parameters": {"dataset": "qata"}, "metrics": {}}
+        >>> gaps = rehearsal_gaps(rec)
+        >>> len(gaps) > 0 and gaps[0].startswith("mlmoe.")
+        True
+    """
+    params, metrics = record.get("parameters", {}), record.get("metrics", {}) or {}
+    gaps = []
+    for cell in load_cells(papers):
+        if cell.profile != "paper" or Path(cell.notebook).name != Path(record.get("notebook", "")).name:
+            continue
+        if not cell.computed:
+            continue
+        if not all(params.get(k) == v for k, v in cell.parameters.items()):
+            continue
+        value = metrics.get(cell.metric)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            gaps.append(f"{cell.id}: {cell.metric}")
+    return gaps
+
+
 def _fmt(x: Any) -> str:
     if x is None:
         return "not public"
@@ -116,6 +154,8 @@ def _fmt(x: Any) -> str:
 def _reproduced(cell: Cell, runs: list[dict[str, Any]], *, quick: bool = False) -> tuple[str, str]:
     if not cell.notebook_exists():
         return "not run", "chapter not written yet"
+    if not cell.computed:
+        return "not computed", cell.note
     if quick and cell.quick is None:
         return "-", ""
     hits = matching_runs(cell, runs, quick=quick)

@@ -13,8 +13,18 @@ re-running a paper's table all execute notebooks:
   ``<out>/metrics.json`` (parameters, metrics the notebook saved with :func:`save_results`, wall time, peak memory,
   package versions, device, git commit).
 
-It fails loudly: an unknown profile or parameter, a missing parameters cell or a failing cell is an error
-(exit status 1), never a skip.
+Before a notebook starts, the runner also
+
+* writes a ``rehearsal`` profile's fixtures: when a profile value contains ``{fixtures}``, it calls the paper's
+  ``medmoe.papers.<name>.fixtures.write_rehearsal_fixtures(<out>/fixtures)`` and puts that folder in its place
+  (:func:`materialise_fixtures`), so the paper path runs end to end on tiny files in the real formats;
+* checks the card's declared ``inputs`` (datasets, weights) against the run's parameters and stops with every
+  missing file and the ``data_scripts/`` command that provides it, before any training (:func:`check_inputs`).
+  Relative paths are read from the folder ``medmoe run`` is called in and handed to the notebook as absolute
+  paths (the kernel runs in ``notebooks/``).
+
+It fails loudly: an unknown profile or parameter, a missing parameters cell, a missing input or a failing cell is
+an error (exit status 1), never a skip.
 """
 
 from __future__ import annotations
@@ -22,9 +32,11 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import hashlib
+import importlib
 import json
 import math
 import os
+import string
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +49,9 @@ from medmoe.papers import card_for_notebook
 
 __all__ = [
     "RunnerError",
+    "MissingInputsError",
+    "check_inputs",
+    "materialise_fixtures",
     "notebook_parameters",
     "load_profiles",
     "resolve_parameters",
@@ -55,6 +70,136 @@ RESERVED = ("profile", "run_dir", "run_key")  # injected by the runner into ever
 
 class RunnerError(RuntimeError):
     """A notebook could not be run as asked (bad profile, parameter, notebook or a failing cell)."""
+
+
+class MissingInputsError(RunnerError):
+    """A dataset or weight file that the run reads is not there (the message names the command that makes it)."""
+
+
+FIXTURES = "{fixtures}"
+
+
+def _substitute(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, list):
+        return [_substitute(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, old, new) for k, v in value.items()}
+    return value
+
+
+def _mentions(value: Any, token: str) -> bool:
+    if isinstance(value, str):
+        return token in value
+    if isinstance(value, (list, tuple)):
+        return any(_mentions(v, token) for v in value)
+    if isinstance(value, dict):
+        return any(_mentions(v, token) for v in value.values())
+    return False
+
+
+def materialise_fixtures(paper: str | None, values: dict[str, Any], root: Path) -> dict[str, Any]:
+    """``values`` with ``{fixtures}`` replaced by ``root``, after writing the paper's rehearsal fixtures there.
+
+    Nothing is written when no value mentions ``{fixtures}``. The paper's fixture writer is found by name
+    (``medmoe.papers.<paper>.fixtures.write_rehearsal_fixtures``), the one place the runner reaches into a paper
+    folder beyond its card; the writer is deterministic, so re-running it over an old folder is harmless.
+    """
+    if not _mentions(values, FIXTURES):
+        return dict(values)
+    if paper is None:
+        raise RunnerError(f"a parameter mentions {FIXTURES} but the notebook has no paper card to write them")
+    module_name = f"medmoe.papers.{paper}.fixtures"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise RunnerError(f"the profile uses {FIXTURES} but {module_name} does not exist ({e})") from None
+    writer = getattr(module, "write_rehearsal_fixtures", None)
+    if writer is None:
+        raise RunnerError(f"{module_name} has no write_rehearsal_fixtures(root)")
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    writer(root)
+    return _substitute(dict(values), FIXTURES, str(root))
+
+
+def _matches(rule: dict[str, Any] | None, parameters: dict[str, Any], *, where: str) -> bool | None:
+    if not rule:
+        return None
+    for name, wanted in rule.items():
+        if name not in parameters:
+            raise RunnerError(f"{where} names parameter {name!r}, which the notebook does not define")
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if parameters[name] not in options:
+            return False
+    return True
+
+
+def check_inputs(inputs: list[dict[str, Any]], parameters: dict[str, Any], *, base: str | Path | None = None,
+                 where: str = "card") -> dict[str, str]:
+    """Check the declared inputs of a run; return the path parameters made absolute (to inject).
+
+    Each input is ``{path, what, command[, when, unless]}``; ``path`` and ``command`` are ``str.format`` templates
+    over the run's parameters. An input is skipped when ``when`` does not match, when ``unless`` matches or when a
+    parameter its path names is empty. Relative paths are read from ``base`` (default: the current folder).
+
+    Raises:
+        MissingInputsError: listing every missing input with the command that provides it.
+
+    Example:
+        >>> spec = [{"path": "{data_root}/QaTa", "what": "QaTa-COV19", "command": "python prep.py --out {data_root}",
+        ...          "when": {"dataset": "qata"}}]
+        >>> check_inputs(spec, {"dataset": "phantoms", "data_root": "data"})
+        {}
+        >>> check_inputs(spec, {"dataset": "qata", "data_root": "/nowhere"})
+        Traceback (most recent call last):
+        ...
+        medmoe.repro.runner.MissingInputsError: 1 input of this run is missing, so nothing ran:
+          - QaTa-COV19: /nowhere/QaTa is not there; it is made by: python prep.py --out /nowhere
+    """
+    base = Path(base) if base is not None else Path.cwd()
+    missing: list[str] = []
+    absolute: dict[str, str] = {}
+    for i, entry in enumerate(inputs):
+        here = f"{where} inputs[{i}]"
+        if _matches(entry.get("when"), parameters, where=here) is False:
+            continue
+        if _matches(entry.get("unless"), parameters, where=here) is True:
+            continue
+        names = [f for _, f, _, _ in string.Formatter().parse(entry["path"]) if f]
+        unknown = [n for n in names if n not in parameters]
+        if unknown:
+            raise RunnerError(f"{here}: path {entry['path']!r} names unknown parameter(s) {unknown}")
+        if any(parameters[n] in ("", None) for n in names):
+            continue
+        try:
+            path = Path(os.path.expanduser(entry["path"].format(**parameters)))
+            command = entry["command"].format(**parameters)
+        except (KeyError, IndexError, ValueError) as e:
+            raise RunnerError(f"{here}: cannot fill in {entry['path']!r} / {entry['command']!r}: {e}") from None
+        full = path if path.is_absolute() else base / path
+        if not full.exists():
+            missing.append(f"  - {entry['what']}: {full} is not there; it is made by: {command}")
+        for n in names:
+            value = parameters[n]
+            if isinstance(value, str) and not Path(os.path.expanduser(value)).is_absolute():
+                absolute[n] = os.path.abspath(base / os.path.expanduser(value))
+    if missing:
+        n = len(missing)
+        raise MissingInputsError(f"{n} input{'s' if n > 1 else ''} of this run {'are' if n > 1 else 'is'} "
+                                 "missing, so nothing ran:\n" + "\n".join(missing))
+    return absolute
+
+
+def _card_of(notebook: Path):
+    """The notebook's paper card, or None for a notebook outside the book (one with its own profiles.yaml)."""
+    if (notebook.parent / "profiles.yaml").is_file():
+        return None
+    try:
+        return card_for_notebook(notebook.stem)
+    except ValueError:
+        return None
 
 
 def _read_notebook(path: Path):
@@ -210,6 +355,47 @@ def _json_safe(obj: Any) -> Any:
     return str(obj)
 
 
+def _rank() -> int:
+    """This process's rank under ``accelerate launch`` / ``torchrun`` (0 when there is a single process)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _launch_distributed(nb, injected: dict[str, Any], out: Path, *, cwd: Path, processes: int, cpu: bool,
+                        kernel_name: str, timeout: int | None) -> None:
+    """``accelerate launch`` ``processes`` copies of :mod:`medmoe.repro.distributed` over this notebook.
+
+    Writes ``<out>/distributed/notebook.ipynb`` (parameters injected, not executed; rank 0 executes it) and
+    ``<out>/distributed/script.py`` (the same cells as a script; ranks 1.. run it), then waits for all ranks.
+    """
+    import subprocess  # local: only the distributed path starts processes
+    import sys
+
+    import jupytext  # local: see _read_notebook
+    import papermill as pm  # local: slow to import
+
+    work = out / "distributed"
+    work.mkdir(parents=True, exist_ok=True)
+    prepared = work / "notebook.ipynb"
+    pm.execute_notebook(nb, str(prepared), parameters=injected, prepare_only=True, progress_bar=False,
+                        kernel_name=kernel_name)
+    jupytext.write(jupytext.read(prepared), work / "script.py", fmt="py:percent")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "medmoe.repro.distributed", str(prepared), str(work / "script.py"), str(out / "notebook.ipynb"),
+           "--cwd", str(cwd), "--kernel", kernel_name]
+    if timeout:
+        cmd += ["--timeout", str(timeout)]
+    env = dict(os.environ)
+    if cpu:  # Accelerate goes multi-process on a machine without GPUs only when told to (medmoe.engine notes)
+        env["ACCELERATE_USE_CPU"] = "true"
+        env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    (work / "launch.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode != 0:
+        raise RunnerError(f"accelerate launch with {processes} processes failed (exit {proc.returncode}; full log "
+                          f"in {work / 'launch.log'}):\n{proc.stderr[-3000:]}")
+
+
 def save_results(run_dir: str | Path, metrics: dict[str, Any], **extra: Any) -> Path:
     """Called from a notebook's last cell: write the run's metrics (and the kernel's peak memory).
 
@@ -217,6 +403,8 @@ def save_results(run_dir: str | Path, metrics: dict[str, Any], **extra: Any) -> 
     ``metrics.json``. Works without the runner too (interactive use), writing to ``run_dir``.
     """
     run_dir = Path(run_dir)
+    if _rank() > 0:  # several processes (medmoe run --gpus N): rank 0 alone writes the run's record
+        return run_dir / RESULTS_FILE
     run_dir.mkdir(parents=True, exist_ok=True)
     record = _json_safe({"metrics": metrics, "kernel_peak_memory": peak_memory_mb(), **extra})
     path = run_dir / RESULTS_FILE
@@ -241,8 +429,16 @@ def run_notebook(
     kernel_name: str = "python3",
     timeout: int | None = None,
     log_output: bool = False,
+    gpus: int = 1,
+    cpu: bool = False,
 ) -> dict[str, Any]:
     """Execute ``notebook`` with ``profile`` and ``parameters`` overrides; return the ``metrics.json`` record.
+
+    ``gpus > 1`` runs the notebook as ``gpus`` data-parallel processes under ``accelerate launch``
+    (:mod:`medmoe.repro.distributed`): rank 0 executes the notebook itself, so it alone writes the figures,
+    ``notebook.ipynb`` and ``metrics.json``; the other ranks run the same code as a script generated from the
+    notebook with the same parameters injected. ``cpu=True`` runs those processes on the CPU (gloo), which is how
+    the test suite checks this path on a machine without GPUs.
 
     Raises :class:`RunnerError` on any problem; a failing cell still leaves ``notebook.ipynb`` (with the
     error) and a ``metrics.json`` with ``"status": "failed"`` in ``out_dir``.
@@ -250,6 +446,15 @@ def run_notebook(
     import papermill as pm  # local: slow to import, and a notebook kernel importing save_results never needs it
 
     notebook = Path(notebook)
+    if not isinstance(gpus, int) or gpus < 1:
+        raise RunnerError(f"gpus must be a whole number >= 1, got {gpus!r}")
+    if gpus > 1 and not cpu:
+        import torch  # local: the runner itself never needs torch, only this check does
+
+        found = torch.cuda.device_count()
+        if found < gpus:
+            raise RunnerError(f"asked for {gpus} GPUs but this machine has {found}; use --gpus {found or 1}, or "
+                              f"--cpu to run {gpus} processes on the CPU (gloo, for testing)")
     nb, injected, all_params = resolve_parameters(notebook, profile, parameters)
     _ensure_kernel_metadata(nb, kernel_name)
     out = Path(out_dir) if out_dir else Path("runs") / profile / notebook.stem
@@ -257,6 +462,13 @@ def run_notebook(
     out = out.resolve()
     for stale in (RESULTS_FILE, METRICS_FILE):
         (out / stale).unlink(missing_ok=True)
+    card = _card_of(notebook)
+    injected = materialise_fixtures(card.name if card else None, injected, out / "fixtures")
+    all_params.update(injected)
+    if card is not None and card.inputs:  # every dataset and weight file, before anything runs (MissingInputsError)
+        absolute = check_inputs(card.inputs, all_params, where=f"medmoe/papers/{card.name}/card.yaml")
+        injected.update(absolute)
+        all_params.update(absolute)
     injected["run_dir"] = str(out)
     all_params["run_dir"] = str(out)
     record: dict[str, Any] = {
@@ -268,13 +480,18 @@ def run_notebook(
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "executed_notebook": "notebook.ipynb",
     }
+    record["processes"] = gpus
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(
-            nb, str(out / "notebook.ipynb"), parameters=injected, kernel_name=kernel_name,
-            progress_bar=False, log_output=log_output, cwd=str(notebook.parent.resolve()),
-            execution_timeout=timeout,
-        )
+        if gpus > 1:
+            _launch_distributed(nb, injected, out, cwd=notebook.parent.resolve(), processes=gpus, cpu=cpu,
+                                kernel_name=kernel_name, timeout=timeout)
+        else:
+            pm.execute_notebook(
+                nb, str(out / "notebook.ipynb"), parameters=injected, kernel_name=kernel_name,
+                progress_bar=False, log_output=log_output, cwd=str(notebook.parent.resolve()),
+                execution_timeout=timeout,
+            )
     except Exception as e:  # papermill raises PapermillExecutionError for a failing cell
         record.update(status="failed", error=f"{type(e).__name__}: {e}", wall_time_s=round(time.perf_counter() - t0, 1),
                       environment=environment())

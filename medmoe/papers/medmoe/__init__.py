@@ -15,7 +15,8 @@ Book: *Chapter 2, MedMoE* (``chapters/02_medmoe``). Which file holds the code ea
   :func:`~medmoe.papers.medmoe.recipe.pretrain_step`, :func:`train`), sections 5 "Does the router follow the
   modality?" and 7 "Zero-shot classification (Table 1) and linear probing (Table 2)" (:func:`evaluate`) and
   section 6 "What the words attend to" (:func:`~medmoe.papers.medmoe.recipe.word_attention`);
-* ``card.yaml`` -- the chapter's profiles and the paper's table cells;
+* ``card.yaml`` -- the chapter's profiles (``rehearsal``: the paper path on tiny files), the inputs the paper
+  profile reads and the paper's table cells; :mod:`~medmoe.papers.medmoe.fixtures` writes the rehearsal's files;
 * :mod:`medmoe.benchmarks.medmoe_routing` -- the timing of hard routing against the released code's dense experts.
 
 Section 8 "Where this chapter deviates from the paper, and why" lists the configuration switches of ``model.py``.

@@ -70,6 +70,7 @@ __all__ = [
     "modality_from_path",
     "load_image_rgb",
     "write_unimed_fixture",
+    "split_by_image",
 ]
 
 UNIMED_MODALITIES: tuple[str, ...] = ("x-ray", "ct", "mri", "ultrasound", "pathology", "fundus")
@@ -418,6 +419,51 @@ class UniMedCaptions(Dataset):
         counts = np.bincount(self.modality_labels, minlength=len(UNIMED_MODALITIES)) if self.texts else []
         per = ", ".join(f"{n}={c}" for n, c in zip(UNIMED_MODALITIES, counts) if c)
         return f"UniMedCaptions({len(self)} captions of {len(set(self.paths))} images; {per})"
+
+
+def split_by_image(paths: Sequence[str], *, holdout: float = 0.01, seed: int = 0) -> dict[str, list[int]]:
+    """Split samples into ``train`` / ``val`` / ``test`` **by image**: every caption of an image goes to the same split.
+
+    UniMed has several captions per image and each caption is a sample (:class:`UniMedCaptions`), so a split over
+    samples would put one image in training and in test. Here the distinct images (in order of first appearance)
+    are shuffled with ``seed``; ``max(1, round(holdout * n_images))`` of them go to ``val``, as many to ``test``,
+    the rest to ``train``. The released code holds out whole webdataset shards, which are split by image too.
+
+    Args:
+        paths: the image of every sample (``UniMedCaptions.paths``).
+        holdout: share of the images for validation, and the same share for test, in (0, 0.5).
+        seed: seed of the shuffle (the split is deterministic for a seed).
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``: sorted sample indices; together every index once.
+
+    Raises:
+        ValueError: fewer than 3 distinct images, or ``holdout`` outside (0, 0.5).
+
+    Example:
+        >>> paths = ["a", "a", "b", "c", "c", "c", "d"]
+        >>> parts = split_by_image(paths, holdout=0.25, seed=0)
+        >>> parts
+        {'train': [2, 6], 'val': [3, 4, 5], 'test': [0, 1]}
+        >>> {split: sorted({paths[i] for i in index}) for split, index in parts.items()}
+        {'train': ['b', 'd'], 'val': ['c'], 'test': ['a']}
+    """
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0.0 < float(holdout) < 0.5:
+        raise ValueError(f"holdout must be a share of the images in (0, 0.5), got {holdout!r}")
+    images = list(dict.fromkeys(paths))
+    if len(images) < 3:
+        raise ValueError(f"{len(images)} distinct image(s): a train / val / test split by image needs at least 3")
+    n_hold = max(1, round(float(holdout) * len(images)))
+    if 2 * n_hold >= len(images):
+        raise ValueError(f"holdout={holdout} leaves no training image among {len(images)} images; lower it")
+    order = np.random.default_rng(seed).permutation(len(images))
+    split_of = {}
+    for rank, i in enumerate(order):
+        split_of[images[i]] = "val" if rank < n_hold else "test" if rank < 2 * n_hold else "train"
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for index, path in enumerate(paths):
+        out[split_of[path]].append(index)
+    return out
 
 
 def write_unimed_fixture(

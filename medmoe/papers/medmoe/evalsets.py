@@ -68,6 +68,7 @@ from typing import Union
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from torch.utils.data import Dataset
 
 from medmoe.papers.medmoe.data import check_size, load_image_rgb
@@ -90,6 +91,7 @@ __all__ = [
     "medimeta_organs_coronal",
     "medimeta_organs_sagittal",
     "subsample_labels",
+    "write_eval_fixtures",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -729,3 +731,106 @@ def subsample_labels(labels: Sequence[int], fraction: float, seed: int = 0) -> l
         keep = min(len(members), max(1, math.floor(float(fraction) * len(members) + 0.5)))
         chosen.extend(rng.permutation(members)[:keep].tolist())
     return sorted(int(i) for i in chosen)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures in the real layouts (the chapter's rehearsal, tests)
+# --------------------------------------------------------------------------------------------------
+
+_CHEXPERT_ALL_COLUMNS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "Support Devices",
+)
+
+# set -> (folder, table name per split ({split} filled in), path column, label column, raw value of each class)
+_RADIMAGENET_LAYOUT = {
+    "thyroid_us": ("thyroid_us", "thyroid_{split}_fold1.csv", "img_dir", "label", ("benign", "malignant")),
+    "breast_us": ("breast_us", "breast_{split}_fold1.csv", "filename", "label", ("benign", "malignant")),
+    "acl_mri": ("acl_mri", "{split}_fold1.csv", "filename", "acl_label", ("no", "yes")),
+    "meniscus_mri": ("meniscal_mri", "meniscus_{split}_fold1.csv", "img_dir", "label", ("n", "p")),
+}
+
+
+def _fixture_image(path: Path, label: int, index: int, size: int, *, tiff: bool = False) -> None:
+    """A grey 8-bit image whose brightness and stripe depend on the class (so the sets are learnable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1000 * label + index)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    grey = 0.3 * np.add.outer(ramp, ramp) / 2 + 0.4 * ((np.arange(size) // max(1, size // 8)) % (label + 2) == 0)
+    grey = np.clip(grey + 0.05 * label + 0.05 * rng.standard_normal((size, size)), 0, 1)
+    Image.fromarray((grey * 255).astype(np.uint8)).save(path, format="TIFF" if tiff else None)
+
+
+def write_eval_fixtures(root: PathLike, *, sets: Sequence[str] | None = None, n_per_class: int = 2,
+                        image_size: int = 28, medimeta_root: PathLike | None = None) -> Path:
+    """Write tiny evaluation sets in the real layouts that :func:`build_eval_set` reads (the rehearsal, tests).
+
+    ``root`` receives what UniMed-CLIP's evaluation zip unpacks to: ``chexpert/chexpert-5x200.csv`` (unnamed index,
+    ``imgpath``, the 14 CheXpert columns, ``Report Impression``) with ``CheXpert-v1.0-small/...jpg`` images,
+    ``rsna_custom_test_set/RSNA_pneumonia_balanced_testfile.csv`` (path and label in columns 1 and 2), the four
+    RadImageNet task folders with ``train`` / ``val`` / ``test`` tables of fold 1 and ``images/``, and MedIMeta's
+    ``organs_<view>/annotations.csv`` + ``images/000000.tiff`` (in ``medimeta_root`` when given, as
+    ``python data_scripts/fetch.py medimeta_organs`` lays them out). ``n_per_class`` images of every class per split.
+
+    Returns:
+        ``root``.
+
+    Example:
+        >>> import tempfile
+        >>> root = write_eval_fixtures(tempfile.mkdtemp(), sets=["acl_mri"])
+        >>> ds = build_eval_set("acl_mri", root=root, split="train", size=16)
+        >>> len(ds), ds.class_counts()
+        (4, [2, 2])
+    """
+    root = Path(root)
+    names = list(EVAL_SETS) if sets is None else list(sets)
+    unknown = [n for n in names if n not in EVAL_SETS]
+    if unknown:
+        raise ValueError(f"unknown evaluation set(s) {unknown}; known sets: {', '.join(sorted(EVAL_SETS))}")
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
+        raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}")
+    for name in names:
+        n_cls = len(EVAL_SET_CLASSES[name])
+        items = [(c, i) for c in range(n_cls) for i in range(n_per_class)]
+        if name == "chexpert_5x200":
+            folder, rows = root / "chexpert", []
+            for k, (c, i) in enumerate(items):
+                imgpath = f"CheXpert-v1.0-small/train/patient{k:05d}/study1/view1_frontal.jpg"
+                _fixture_image(folder / imgpath, c, i, image_size)
+                row = {"imgpath": imgpath, "Sex": "Female", "Age": 60, "Frontal/Lateral": "Frontal", "AP/PA": "AP"}
+                row.update({col: 0.0 for col in _CHEXPERT_ALL_COLUMNS})
+                row[CHEXPERT_5X200_COLUMNS[c]] = 1.0
+                row["Report Impression"] = f"\n1. {EVAL_SET_CLASSES[name][c]}.\n"
+                rows.append(row)
+            pd.DataFrame(rows).to_csv(folder / "chexpert-5x200.csv")  # unnamed index column, as the real file
+        elif name == "rsna_pneumonia":
+            folder = root / "rsna_custom_test_set"
+            for c, i in items:
+                _fixture_image(folder / "images" / f"rsna-{c}-{i:03d}.png", c, i, image_size)
+            pd.DataFrame({"patientId": [f"rsna-{c}-{i:03d}" for c, i in items],
+                          "path": [f"images/rsna-{c}-{i:03d}.png" for c, i in items],
+                          "Target": [c for c, _ in items]}).to_csv(folder / "RSNA_pneumonia_balanced_testfile.csv",
+                                                                   index=False)
+        elif name in _RADIMAGENET_LAYOUT:
+            sub, table, path_col, label_col, values = _RADIMAGENET_LAYOUT[name]
+            folder = root / sub
+            for split in ("train", "val", "test"):
+                paths = [f"images/{split}_{c}_{i:03d}.png" for c, i in items]
+                for (c, i), rel in zip(items, paths):
+                    _fixture_image(folder / rel, c, i + 100 * len(split), image_size)
+                pd.DataFrame({path_col: paths, label_col: [values[c] for c, _ in items]}).to_csv(
+                    folder / table.format(split=split), index=False)
+        else:  # medimeta_organs_<view>
+            view = name.rsplit("_", 1)[-1]
+            folder = Path(medimeta_root or root) / f"organs_{view}"
+            rows = []
+            for split in ("train", "val", "test"):
+                for c, i in items:
+                    rel = f"images/{len(rows):06d}.tiff"
+                    _fixture_image(folder / rel, c, i + 100 * len(split), image_size, tiff=True)
+                    rows.append({"filepath": rel, "split": split, "tasks/organ label": c,
+                                 "original_filepath": f"volume-{len(rows)}.nii", "original_split": "train",
+                                 "organ label": ORGAN_CLASSES[c]})
+            pd.DataFrame(rows).to_csv(folder / "annotations.csv", index=False)
+    return root

@@ -21,9 +21,9 @@ Image branch (:class:`MedMoE`)
       probing are impossible -- that is why the default follows the code).
     * ``align="linear1d"`` (the code: 1-D linear interpolation along the flattened token order) or
       ``"bilinear2d"`` (the paper's "aligns their spatial resolutions via interpolation").
-    * ``aux_on="logits"`` (default) or ``"probs"``: the auxiliary modality cross-entropy (Sec. 4.5) is applied
-      to the router's logits, or -- bit-for-bit like the released code -- to its softmax output (a double
-      softmax).
+    * ``aux_on="logits"`` (default, the quick profile) or ``"probs"`` (the paper profile): the auxiliary modality
+      cross-entropy (Sec. 4.5) is applied to the router's logits, or -- bit-for-bit like the released code -- to
+      its softmax output (a double softmax).
     * ``compute_all_experts=True`` reproduces the released code's cost: every expert runs on every image and
       the selected output is indexed (same outputs and gradients; for the benchmark of Table 3).
 
@@ -84,14 +84,15 @@ class MedMoEConfig:
         swin: the Swin's configuration name in :data:`medmoe.backbones.SWIN_CONFIGS` (the random Swin that
             :class:`MedMoE` builds when no ``backbone`` module is injected).
         image_size: images are resized (bicubic) to this side before the Swin, as the HF processor does.
-        num_experts: K (6 in the code: one per UniMed modality label).
+        num_experts: K (6 in the code: one per UniMed modality label; expert ``k`` is trained towards label ``k``,
+            so with data of fewer modalities the others are never chosen -- the chapter says which).
         width: D, the experts' output width; equals the text width (768 for Bio_ClinicalBERT), since the
             code has no projection head.
         router_hidden: the router MLP's hidden width (128).
         attn_hidden: hidden width of each expert's scale attention (``width // 2`` when ``None``: 384).
         align: ``"linear1d"`` (code) or ``"bilinear2d"`` (paper text).
         router_input: ``"image"`` (code, Fig. 2) or ``"text"`` (Sec. 4.3's text).
-        aux_on: ``"logits"`` or ``"probs"`` (code's double softmax).
+        aux_on: ``"logits"`` or ``"probs"`` (the code's double softmax; the paper profile).
     """
 
     swin: str = "swin-tiny"
@@ -308,14 +309,19 @@ class MedMoE(nn.Module):
         return self.forward_head(maps, self.route(pooled, text_global))
 
     def aux_loss(self, gate: GateOutput, labels: torch.Tensor) -> torch.Tensor:
-        """``L_aux`` (Sec. 4.5): cross-entropy of the router against the modality labels ``(B,)``.
+        """``L_aux`` (Sec. 4.5, the equation ``L_aux = CrossEntropy(W_c t_g, y)``): the router's cross-entropy
+        against the modality labels ``(B,)`` -- on the router itself, as the released code, not on a head over ``t_g``.
 
-        On the logits (``aux_on="logits"``, :meth:`medmoe.moe.HardRouter.aux_loss`) or, like the released code,
-        on the softmax probabilities treated as logits (``aux_on="probs"``).
+        ``aux_on="probs"`` is the released code (``F.cross_entropy(router_probs, label)``: the softmax output taken
+        as logits, a double softmax; the paper profile); ``aux_on="logits"`` is the usual cross-entropy on the
+        logits (:meth:`medmoe.moe.HardRouter.aux_loss`; the quick profile).
+
+        Raises:
+            ValueError: a label outside ``0 .. K-1`` (expert ``k`` learns modality label ``k``).
         """
         if self.config.aux_on == "logits":
             return HardRouter.aux_loss(gate, labels)
-        return HardRouter.aux_loss(gate._replace(logits=gate.probs), labels)
+        return HardRouter.aux_loss(gate._replace(logits=gate.probs), labels)  # Sec. 4.5 L_aux as the code: CE(probs)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from medmoe.backbones import build_swin, load_medclip_swin
+from medmoe.backbones import LoadReport, build_swin, load_medclip_swin
+from medmoe.backbones.encoders import load_medclip_text
 from medmoe.engine import FitResult, TrainConfig, make_loader, train_loop
 from medmoe.moe import contingency, normalized_mutual_information
 from medmoe.papers.medmoe.data import ReportDataset
@@ -57,8 +58,8 @@ from medmoe.utils import check_rank, count_parameters, resolve_config
 __all__ = [
     "Temperatures", "LossWeights", "gloria_attention", "global_similarity", "local_similarity",
     "global_contrastive_loss", "local_contrastive_loss", "pretrain_step", "embed_images", "zero_shot_predict",
-    "prompt_class_scores", "linear_probe", "retrieval_recall", "word_attention", "build", "train", "evaluate",
-    "count", "cost",
+    "prompt_class_scores", "linear_probe", "retrieval_recall", "word_attention", "build", "load_text_weights",
+    "accumulation_steps", "train", "evaluate", "count", "cost",
 ]
 
 
@@ -327,24 +328,70 @@ def build(name: str | MedMoEConfig = "medmoe_paper", *, backbone: nn.Module | No
     ``swin_weights`` (a local folder of ``microsoft/swin-tiny-patch4-window7-224``) initialises the Swin
     (:func:`medmoe.backbones.build_swin`'s ``pretrained``); ``medclip_checkpoint`` (MedCLIP's ``pytorch_model.bin``
     or its folder) then overwrites it with MedCLIP's vision tower (:func:`medmoe.backbones.load_medclip_swin`, which
-    warns about missing keys). Without either, or with an explicit ``backbone``, it is ``build_model``.
+    warns about missing keys). What was loaded is kept as ``model.medclip_report`` (a
+    :class:`~medmoe.backbones.LoadReport`, ``None`` without a checkpoint); the text tower of the same checkpoint
+    goes into the text encoder with :func:`load_text_weights`. Without either, or with an explicit ``backbone``, it
+    is ``build_model``.
 
     Raises:
         ValueError: ``backbone`` together with ``swin_weights`` or ``medclip_checkpoint``; anything
             ``build_model`` refuses.
 
     Example:
-        >>> build("medmoe_test", num_experts=2).config.num_experts
-        2
+        >>> m = build("medmoe_test", num_experts=2)
+        >>> m.config.num_experts, m.medclip_report
+        (2, None)
     """
+    report = None
     if swin_weights or medclip_checkpoint:
         if backbone is not None:
             raise ValueError("give either a backbone or swin_weights / medclip_checkpoint to build one, not both")
         cfg = resolve_config(name, CONFIGS, overrides, what="MedMoE")
         backbone = build_swin(cfg.swin, pretrained=swin_weights or None)
         if medclip_checkpoint:
-            load_medclip_swin(backbone, medclip_checkpoint)
-    return build_model(name, backbone=backbone, **overrides)
+            report = load_medclip_swin(backbone, medclip_checkpoint)
+    model = build_model(name, backbone=backbone, **overrides)
+    model.medclip_report = report
+    return model
+
+
+def load_text_weights(encoder, medclip_checkpoint: str | os.PathLike) -> LoadReport:
+    """Initialise the text encoder's BERT from MedCLIP's ``text_model`` weights, as the released code initialises
+    Bio_ClinicalBERT (papers_spec 2.1, text branch); returns the :class:`~medmoe.backbones.LoadReport`.
+
+    ``encoder`` is a :class:`~medmoe.backbones.TextEncoder` built from a local Bio_ClinicalBERT folder (which gives
+    the configuration and the tokenizer); its backbone is overwritten by
+    :func:`medmoe.backbones.encoders.load_medclip_text` and its feature cache cleared.
+    """
+    report = load_medclip_text(encoder.backbone, medclip_checkpoint)
+    encoder.clear_cache()
+    return report
+
+
+def accumulation_steps(effective_batch: int, batch_size: int, processes: int | None = None) -> int:
+    """Gradient accumulation steps that give ``effective_batch`` samples per optimiser step.
+
+    The released code: 32 per GPU x 8 GPUs x 10 accumulation steps = 2,560 per step (papers_spec 2.3; the paper's
+    "global batch size of 256 ... gradient accumulation with 10 steps"). On one GPU at batch 32 that is 80 steps;
+    the contrastive negatives stay the 32 of one micro-batch either way (the code does not all-gather).
+    ``processes`` defaults to ``WORLD_SIZE`` (set by ``accelerate launch``), else 1.
+
+    Raises:
+        ValueError: ``effective_batch`` is not a positive multiple of ``batch_size x processes``.
+
+    Example:
+        >>> accumulation_steps(2560, 32, 1), accumulation_steps(2560, 32, 8)
+        (80, 10)
+    """
+    processes = int(os.environ.get("WORLD_SIZE", "1")) if processes is None else processes
+    for what, v in (("effective_batch", effective_batch), ("batch_size", batch_size), ("processes", processes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{what} must be a positive int, got {v!r}")
+    per_step = batch_size * processes
+    if effective_batch % per_step:
+        raise ValueError(f"effective_batch={effective_batch} is not a multiple of batch_size x processes = "
+                         f"{batch_size} x {processes} = {per_step}; change batch_size or effective_batch")
+    return effective_batch // per_step
 
 
 def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any, epochs: int, lr: float,
@@ -359,7 +406,8 @@ def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any
     contrastive losses depend on the batch). Without ``val_set`` the training loss takes ``val_loss``'s place.
 
     ``train_set`` and ``val_set`` are :class:`~medmoe.papers.medmoe.data.ReportDataset` s. The paper profile:
-    ``lr=5e-5``, 32 per GPU on 8 GPUs, ``grad_accum_steps=10``, 10 epochs.
+    ``lr=5e-5``, 10 epochs, 2,560 samples per optimiser step (the code's 32 per GPU x 8 GPUs x 10 accumulation
+    steps; :func:`accumulation_steps` gives 80 at batch 32 on one GPU).
     """
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=10)

@@ -107,6 +107,7 @@ __all__ = [
     # the QaTa-COV19 (Ariadne) layout
     "write_qata_layout", "QaTaDataset", "SPLIT_FOLDERS", "TABLE_COLUMNS",
     # LViT's layout (QaTa-COV19 and MosMedData+)
+    "INTERPOLATIONS", "ZOOM_RANGE",
     "LVIT_SPLIT_FOLDERS", "LVIT_TABLE_STEMS", "SPLIT_POLICIES", "MASK_NAME_RULES", "LVIT_DATASETS", "IMAGE_SUFFIXES",
     "LViTDataset", "write_lvit_layout", "find_text_table", "read_text_table", "write_text_table",
     "image_name_candidates", "TextRow", "match_images",
@@ -230,11 +231,11 @@ def _head_tail(items: Sequence[_T], split: str, val_fraction: float, *, what: st
     return chosen
 
 
-def _check_header(path: Path) -> None:
-    """Open an image file and read its header only (no pixel decoding); garbage -> ValueError."""
+def _check_header(path: Path) -> tuple[int, int]:
+    """Open an image file and read its header only (no pixel decoding): its ``(W, H)``; garbage -> ValueError."""
     try:
         with Image.open(path) as im:
-            im.size  # noqa: B018 -- the header has been parsed
+            return im.size
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image file {path}: {err}") from err
 
@@ -248,18 +249,52 @@ def _load_grey(path: Path) -> np.ndarray:
         raise ValueError(f"cannot decode image file {path}: {err}") from err
 
 
+INTERPOLATIONS: tuple[str, str] = ("bilinear", "bicubic")
+"""Image resize modes: ``"bilinear"`` (the quick profile) or ``"bicubic"`` (Ariadne's ``Resized(224, bicubic)``)."""
+
+ZOOM_RANGE: tuple[float, float] = (0.95, 1.2)
+"""Ariadne's training augmentation ``RandZoomd(min_zoom=0.95, max_zoom=1.2, prob=0.1)`` (papers_spec 1.1)."""
+
+
+def _binarise_mask(grey: np.ndarray, mask_path: Path, mask_threshold: int) -> np.ndarray:
+    """``(H, W)`` uint8 mask -> bool lesion map. 0/255 masks: ``value >= mask_threshold``. Masks stored as 0/1
+    (values within {0, 1}, a common convention) are read as ``value > 0``. Any other mask whose lesion values all
+    lie below the threshold would read as empty: ``ValueError`` naming the file."""
+    peak = int(grey.max()) if grey.size else 0
+    if peak == 1:  # a 0/1 mask
+        return grey > 0
+    if 0 < peak < mask_threshold:
+        raise ValueError(
+            f"mask file {mask_path} has lesion values up to {peak}, all below mask_threshold={mask_threshold}, so "
+            f"it would read as empty; masks must be 0/255 (or 0/1); pass mask_threshold=1 to read every value > 0 "
+            "as lesion"
+        )
+    return grey >= mask_threshold
+
+
 def _load_pair(
-    image_path: Path, mask_path: Path, *, size: int, mask_threshold: int = 128
+    image_path: Path, mask_path: Path, *, size: int, mask_threshold: int = 128, interpolation: str = "bilinear",
+    zoom=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read, resize and normalise one image/mask pair -> ``image (1, size, size)``, ``mask (1, size, size)``.
 
-    Image: grey uint8, bilinear resize, per-image z-score (constant image -> zeros). Mask: grey uint8,
-    binarised as ``value >= mask_threshold``, nearest-neighbour resize.
+    Image: grey uint8, ``interpolation`` resize (bilinear or bicubic), per-image z-score (constant image ->
+    zeros). Mask: grey uint8, binarised (:func:`_binarise_mask`: 0/255 or 0/1), nearest-neighbour resize.
+    ``zoom``: a MONAI ``RandZoomd`` on ``{"image", "mask"}`` applied at the file's size before the resize, as in
+    Ariadne's training transforms. An image and a mask of different sizes raise ``ValueError`` naming both.
     """
-    image = torch.from_numpy(_load_grey(image_path).astype(np.float32))[None, None]
-    mask = torch.from_numpy(_load_grey(mask_path) >= mask_threshold).float()[None, None]
-    image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)[0]
-    mask = F.interpolate(mask, size=(size, size), mode="nearest-exact")[0]
+    grey = _load_grey(image_path)
+    grey_mask = _load_grey(mask_path)
+    if grey.shape != grey_mask.shape:
+        raise ValueError(f"image {image_path} has shape {grey.shape} (H, W) but its mask {mask_path} has shape "
+                         f"{grey_mask.shape}; an image and its mask must have the same size")
+    image = torch.from_numpy(grey.astype(np.float32))[None]  # (1, H, W)
+    mask = torch.from_numpy(_binarise_mask(grey_mask, mask_path, mask_threshold)).float()[None]  # (1, H, W)
+    if zoom is not None:
+        out = zoom({"image": image, "mask": mask})
+        image, mask = torch.as_tensor(out["image"]).float(), torch.as_tensor(out["mask"]).float()
+    image = F.interpolate(image[None], size=(size, size), mode=interpolation, align_corners=False)[0]
+    mask = F.interpolate(mask[None], size=(size, size), mode="nearest-exact")[0]
     std = image.std(unbiased=False)
     image = (image - image.mean()) / (std if std > 0 else 1.0)
     return image, mask
@@ -274,6 +309,33 @@ class _TextMaskDataset(Dataset):
     records: list[_Record]
     size: int
     mask_threshold: int = 128
+    interpolation: str = "bilinear"
+    zoom = None  # a MONAI RandZoomd (training augmentation), or None
+
+    def _set_preprocessing(self, interpolation: str, zoom_prob: float, seed: int) -> None:
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        if isinstance(zoom_prob, bool) or not isinstance(zoom_prob, (int, float)) or not 0.0 <= zoom_prob <= 1.0:
+            raise ValueError(f"zoom_prob must be a probability in [0, 1], got {zoom_prob!r}")
+        self.interpolation = interpolation
+        self.zoom_prob = float(zoom_prob)
+        if zoom_prob > 0:
+            from monai.transforms import RandZoomd  # why: MONAI's transforms import is slow; only augmenting needs it
+
+            self.zoom = RandZoomd(keys=("image", "mask"), prob=float(zoom_prob), min_zoom=ZOOM_RANGE[0],
+                                  max_zoom=ZOOM_RANGE[1], mode=(interpolation, "nearest"), keep_size=True)
+            self.zoom.set_random_state(seed=seed)
+
+    def _check_not_all_empty(self) -> None:
+        """Decode masks in order until one has a lesion pixel; a split whose masks are all empty is an error."""
+        for _, mask_path, _, _ in self.records:
+            if _binarise_mask(_load_grey(mask_path), mask_path, self.mask_threshold).any():
+                return
+        raise ValueError(
+            f"every mask of split {self.split!r} under {self.root} is empty ({len(self.records)} masks read, e.g. "
+            f"{self.records[0][1]}): the model would train or be tested on blank targets. Check the masks "
+            "(0/255 or 0/1 lesion masks) and the split."
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -285,12 +347,17 @@ class _TextMaskDataset(Dataset):
 
     def _check_headers(self) -> None:
         for image_path, mask_path, _, _ in self.records:
-            _check_header(image_path)
-            _check_header(mask_path)
+            image_size, mask_size = _check_header(image_path), _check_header(mask_path)
+            if image_size != mask_size:
+                raise ValueError(f"image {image_path} is {image_size[0]} x {image_size[1]} (W x H) but its mask "
+                                 f"{mask_path} is {mask_size[0]} x {mask_size[1]}; an image and its mask must have "
+                                 "the same size")
+        self._check_not_all_empty()
 
     def __getitem__(self, index: int) -> dict:
         image_path, mask_path, text, name = self.records[index]
-        image, mask = _load_pair(image_path, mask_path, size=self.size, mask_threshold=self.mask_threshold)
+        image, mask = _load_pair(image_path, mask_path, size=self.size, mask_threshold=self.mask_threshold,
+                                 interpolation=self.interpolation, zoom=self.zoom)
         return {"image": image, "mask": mask, "text": text, "name": name}
 
 
@@ -361,11 +428,16 @@ class QaTaDataset(_TextMaskDataset):
     messages are 0-based data rows (the header line not counted).
 
     **Preprocessing** (per item): the image is read as 8-bit grey, resized to ``size x size``
-    (bilinear) and z-score normalised per image (``(x - mean) / std``, MONAI's
-    ``NormalizeIntensity(channel_wise=True)``; a constant image becomes all zeros). The mask is resized
-    with nearest neighbours and binarised as ``value >= 128``. The reference code uses ``== 255``; the
-    two agree on clean 0/255 masks, and ``>= 128`` keeps lesion pixels that resampling or lossy
-    re-saving moved off 255. Note that a mask stored as 0/1 reads as empty with either rule.
+    (``interpolation``: bilinear, or bicubic as Ariadne's code) and z-score normalised per image
+    (``(x - mean) / std``, MONAI's ``NormalizeIntensity(channel_wise=True)``; a constant image becomes all
+    zeros). The mask is resized with nearest neighbours and binarised as ``value >= 128``. The reference code
+    uses ``== 255``; the two agree on clean 0/255 masks, and ``>= 128`` keeps lesion pixels that resampling or
+    lossy re-saving moved off 255. A mask stored as 0/1 (values within {0, 1}) is read as ``value > 0``; any
+    other mask whose values all lie below 128 raises ``ValueError`` when loaded. ``zoom_prob > 0`` adds
+    Ariadne's training augmentation, MONAI ``RandZoomd(0.95-1.2, prob=zoom_prob)`` (bicubic / nearest), before
+    the resize. An image and its mask of different sizes raise ``ValueError`` naming both files and sizes, and
+    a split whose masks are all empty raises ``ValueError`` naming the split and the root (both checked at
+    construction).
 
     Args:
         root: the data root (holding ``Train/``, ``Test/`` and ``prompt/``).
@@ -374,6 +446,9 @@ class QaTaDataset(_TextMaskDataset):
             (test). A ``.csv`` or an LViT ``.xlsx`` with the same two columns.
         size: output height = width, >= 8.
         val_fraction: fraction of the train table's rows, taken from its end, used as ``val``; in [0, 1).
+        interpolation: ``"bilinear"`` or ``"bicubic"`` (Ariadne) for the image resize.
+        zoom_prob: probability of Ariadne's random zoom per item (0.1 in its training transforms; 0: none).
+        seed: seeds the random zoom.
 
     Items (dict):
         ``image`` float32 ``(1, size, size)``, ``mask`` float32 ``(1, size, size)`` in {0, 1},
@@ -399,11 +474,15 @@ class QaTaDataset(_TextMaskDataset):
         table: str | Path | None = None,
         size: int = 224,
         val_fraction: float = 0.2,
+        interpolation: str = "bilinear",
+        zoom_prob: float = 0.0,
+        seed: int = 0,
     ) -> None:
         if split not in SPLIT_FOLDERS:
             raise ValueError(f"split must be one of {tuple(SPLIT_FOLDERS)}, got {split!r}")
         self.size = _check_size(size)
         self.val_fraction = _check_val_fraction(val_fraction)
+        self._set_preprocessing(interpolation, zoom_prob, seed)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"QaTa root folder not found: {self.root}")
@@ -683,8 +762,9 @@ class LViTDataset(_TextMaskDataset):
     """QaTa-COV19 or MosMedData+ images, lesion masks and descriptions, in LViT's prepared layout.
 
     Items and preprocessing are exactly those of :class:`~medmoe.papers.mlmoe.data.QaTaDataset` (same code):
-    the image is read as 8-bit grey, resized to ``size x size`` (bilinear) and z-scored per image; the
-    mask is resized with nearest neighbours and binarised as ``value >= mask_threshold`` (128).
+    the image is read as 8-bit grey, resized to ``size x size`` (bilinear, or bicubic) and z-scored per image;
+    the mask is resized with nearest neighbours and binarised as ``value >= mask_threshold`` (128), or
+    ``value > 0`` for a 0/1 mask. Same optional random zoom, same size and all-empty checks.
 
     **Splits**: ``split_policy="ariadne_80_20"`` (default, our reading of MLMoE's unresolved "split the
     original train set 80/20"): LViT's Train then Val tables, concatenated in that order; the first
@@ -698,9 +778,9 @@ class LViTDataset(_TextMaskDataset):
     ``labelcol/<Image>`` and each image file in ``img/`` exists (``FileNotFoundError`` naming the table,
     the 0-based row, the ``Image`` value and the expected path). The rows of the selected split have
     their image and mask headers read, so garbage bytes raise ``ValueError`` naming the file.
-    Loading an item whose mask has lesion pixels only below ``mask_threshold`` (a 0/1 mask) raises
-    ``ValueError`` instead of returning an empty mask; pass ``mask_threshold=1`` (LViT's own rule,
-    ``mask > 0``) for such masks.
+    A 0/1 mask is read as ``mask > 0``; loading an item whose mask has lesion pixels only below
+    ``mask_threshold`` otherwise (e.g. 0/100) raises ``ValueError`` instead of returning an empty mask; pass
+    ``mask_threshold=1`` (LViT's own rule, ``mask > 0``) for such masks.
 
     Args:
         root: the data set folder holding ``Train_Folder/``, ``Val_Folder/``, ``Test_Folder/``.
@@ -714,6 +794,7 @@ class LViTDataset(_TextMaskDataset):
             (``.xlsx`` or ``.csv``); without it ``<Split>_text.xlsx`` is used, else ``<Split>_text.csv``.
         val_fraction: with ``ariadne_80_20``, the fraction of rows taken from the end as ``val``; [0, 1).
         mask_threshold: mask pixels ``>= mask_threshold`` are lesion; in [1, 255].
+        interpolation, zoom_prob, seed: as for :class:`~medmoe.papers.mlmoe.data.QaTaDataset`.
 
     Attributes:
         records: ``[(image path, mask path, text, image name), ...]`` of this split.
@@ -741,6 +822,9 @@ class LViTDataset(_TextMaskDataset):
         tables: Mapping[str, str | Path] | None = None,
         val_fraction: float = 0.2,
         mask_threshold: int = 128,
+        interpolation: str = "bilinear",
+        zoom_prob: float = 0.0,
+        seed: int = 0,
     ) -> None:
         if split not in LVIT_SPLIT_FOLDERS:
             raise ValueError(f"split must be one of {tuple(LVIT_SPLIT_FOLDERS)}, got {split!r}")
@@ -765,6 +849,7 @@ class LViTDataset(_TextMaskDataset):
         self.dataset = dataset
         self.split_policy = split_policy
         self.mask_threshold = mask_threshold
+        self._set_preprocessing(interpolation, zoom_prob, seed)
 
         if split == "test":
             sources = ["test"]
@@ -793,19 +878,6 @@ class LViTDataset(_TextMaskDataset):
             records = _head_tail(records, split, self.val_fraction, what=what)
         self.records = records
         self._check_headers()
-
-    def __getitem__(self, index: int) -> dict:
-        item = super().__getitem__(index)
-        if item["mask"].sum() == 0 and self.mask_threshold > 1:
-            mask_path = self.records[index][1]
-            peak = int(_load_grey(mask_path).max())
-            if 0 < peak < self.mask_threshold:
-                raise ValueError(
-                    f"mask file {mask_path} has lesion values up to {peak}, all below mask_threshold="
-                    f"{self.mask_threshold}, so it would read as empty; it looks like a 0/1 mask: pass "
-                    "mask_threshold=1 (LViT's rule, mask > 0)"
-                )
-        return item
 
 
 def write_lvit_layout(

@@ -24,9 +24,9 @@ the subpixel head returns ``(B, 1, 224, 224)`` mask logits.
 The model takes encoded text ``(B, 24, D_text)`` rather than strings, so a frozen text encoder runs once per
 report (:func:`medmoe.backbones.encode_cached`), not every epoch.
 
-Configurations are data (:data:`CONFIGS`: ``mlmoe_paper``/``mlmoe_quick``/``mlmoe_test`` and the base model's
-``ariadne_paper``/``ariadne_quick``); :func:`build_model` builds one, with a pretrained ConvNeXt passed as
-``backbone=``; :func:`example_inputs` is a batch for the contract test.
+Configurations are data (:data:`CONFIGS`: ``mlmoe_paper``/``mlmoe_quick``/``mlmoe_paper_test``/``mlmoe_test`` and
+the base model's ``ariadne_paper``/``ariadne_quick``); :func:`build_model` builds one, with a pretrained ConvNeXt
+passed as ``backbone=``; :func:`example_inputs` is a batch for the contract test.
 """
 
 from __future__ import annotations
@@ -102,6 +102,10 @@ CONFIGS: dict[str, AriadneConfig] = {
                                  text_width=384, head_width=8),
     "ariadne_quick": AriadneConfig(encoder="convnext-quick", encoder_widths=(24, 48, 96, 192), text_in_width=384,
                                    text_width=384, head_width=8, num_experts=0),
+    # The rehearsal profile: the paper's token counts (24 text tokens; 24, 12, 9 per stage) and 4 experts on the
+    # convnext-test encoder and a 32-wide text model, so the paper path runs end to end in seconds.
+    "mlmoe_paper_test": AriadneConfig(encoder="convnext-test", encoder_widths=(8, 16, 32, 64), text_in_width=32,
+                                      text_width=32, head_width=8),
     # Unit tests.
     "mlmoe_test": AriadneConfig(encoder="convnext-test", encoder_widths=(8, 16, 32, 64), text_in_width=32,
                                 text_width=32, text_len=8, stage_text_lens=(8, 4, 3), head_width=8, num_experts=3),
@@ -306,9 +310,16 @@ class TextGuidedSegmenter(nn.Module):
         out = self.encoder(pixel_values=image, output_hidden_states=True)
         return list(out.hidden_states[1:])
 
-    def forward_head(self, feats: list[torch.Tensor], text: torch.Tensor | None) -> SegOutput:
+    def forward_head(self, feats: list[torch.Tensor], text: torch.Tensor | None, *,
+                     adapter: bool | None = None) -> SegOutput:
+        """The decoder on the encoder maps ``feats`` and ``text (B, T, D_text)`` (``None``: the virtual prompt).
+
+        ``adapter``: run the text-absent adapters; ``None`` runs them exactly when ``text is None``. ``True`` with a
+        ``text`` is the fixed-prompt protocol of Table IV as the book reads it (a fixed prompt's features as the
+        student's input, adapters distilled for it: :func:`medmoe.papers.mlmoe.recipe.train` ``distill_prompt=``).
+        """
         b = feats[0].shape[0]
-        adapter = text is None
+        adapter = text is None if adapter is None else bool(adapter)
         if text is None:  # text-absent: the virtual prompt stands in for the encoded report
             text = self.virtual_prompt.expand(b, -1, -1)
         else:
@@ -328,16 +339,18 @@ class TextGuidedSegmenter(nn.Module):
             x = up(tokens.transpose(1, 2).reshape(b, -1, h, w), skip)
         return SegOutput(self.head(x), gates, fused)
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor | None = None) -> SegOutput:
-        """``image (B, 1|3, H, W)``, ``text (B, T, D_text)`` encoded report, or ``None`` for the text-absent path."""
-        return self.forward_head(self.forward_features(image), text)
+    def forward(self, image: torch.Tensor, text: torch.Tensor | None = None, *,
+                adapter: bool | None = None) -> SegOutput:
+        """``image (B, 1|3, H, W)``, ``text (B, T, D_text)`` encoded report, or ``None`` for the text-absent path;
+        ``adapter`` as in :meth:`forward_head`."""
+        return self.forward_head(self.forward_features(image), text, adapter=adapter)
 
     # ------------------------------------------------------------------ the text-absent stage
     def adapter_parameters(self) -> list[nn.Parameter]:
         """The parameters of the three stages' adapters (trained in the text-absent stage only)."""
         return [p for g in self.guides for p in g.adapter.parameters()]
 
-    def start_distillation(self, *, adapters: bool = True) -> list[nn.Parameter]:
+    def start_distillation(self, *, adapters: bool = True, prompt: bool = True) -> list[nn.Parameter]:
         """Freeze everything but the virtual prompt and the adapters (MLMoE Sec. II-C); return those.
 
         ``adapters=False`` trains the prompt alone (Table II, "w/o adapter"): the adapters stay at their
@@ -345,10 +358,15 @@ class TextGuidedSegmenter(nn.Module):
 
         While distilling, :meth:`train` keeps the frozen network in eval mode, so its batch-norm statistics
         do not move.
+
+        ``prompt=False`` keeps the virtual prompt frozen: the fixed-prompt protocol, where a fixed prompt's features
+        replace it as the student's input and only the adapters learn.
         """
+        if not adapters and not prompt:
+            raise ValueError("start_distillation(adapters=False, prompt=False) would train nothing; keep one of them")
         for p in self.parameters():
             p.requires_grad_(False)
-        trainable = [self.virtual_prompt, *(self.adapter_parameters() if adapters else [])]
+        trainable = [*([self.virtual_prompt] if prompt else []), *(self.adapter_parameters() if adapters else [])]
         for p in trainable:
             p.requires_grad_(True)
         self._distilling = True

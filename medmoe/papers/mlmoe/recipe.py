@@ -31,6 +31,8 @@ The datasets the stages read (reports encoded once, the teacher's features compu
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -50,7 +52,7 @@ from medmoe.utils import count_parameters, resolve_config
 __all__ = [
     "STAGES", "build", "train", "evaluate", "evaluate_texts", "count",
     "SegLoss", "text_present_step", "teacher_features", "distillation_loss", "distillation_step",
-    "expert_word_attribution",
+    "expert_word_attribution", "LUNG_REGIONS", "gate_by_phrase",
 ]
 
 STAGES = ("text_present", "text_absent")
@@ -126,17 +128,23 @@ def teacher_features(model, dataset, *, batch_size: int = 64) -> list[torch.Tens
     return [torch.cat(s) for s in zip(*stages)]
 
 
-def distillation_step(model, batch, *, seg_loss: SegLoss, dis_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def distillation_step(model, batch, *, seg_loss: SegLoss, dis_weight: float = 1.0,
+                      prompt: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One stage-2 step: teacher = the frozen model with the report; student = the same model with the virtual
-    prompt and the adapters (``text=None``). ``L_A = L_seg(student) + dis_weight * L_dis``. The teacher's
-    features come from ``batch["teacher"]`` when precomputed (:class:`~medmoe.papers.mlmoe.data.TeacherDataset`),
-    else are computed."""
+    prompt and the adapters (``text=None``), or with the fixed ``prompt``'s features ``(T, D)`` and the adapters
+    (the fixed-prompt protocol of Table IV). ``L_A = L_seg(student) + dis_weight * L_dis`` (Sec. II-C, after
+    Eq. (6)). The teacher's features come from ``batch["teacher"]`` when precomputed
+    (:class:`~medmoe.papers.mlmoe.data.TeacherDataset`), else are computed."""
     if "teacher" in batch:
         teacher = batch["teacher"]
     else:
         with torch.no_grad():
             teacher = model(batch["image"], batch["text_features"]).fused
-    out = model(batch["image"], None)
+    if prompt is None:
+        out = model(batch["image"], None)
+    else:  # the fixed prompt (T, D) -> (B, T, D) in place of the virtual prompt, adapters on
+        feats = prompt.to(batch["image"].device).expand(batch["image"].shape[0], -1, -1)
+        out = model(batch["image"], feats, adapter=True)
     seg = seg_loss(out.logits, batch["mask"])
     dis = distillation_loss([t.detach() for t in teacher], out.fused)
     return {"loss": seg + dis_weight * dis, "seg": seg.detach(), "dis": dis.detach()}
@@ -147,7 +155,7 @@ def train(model: TextGuidedSegmenter, train_set: Any, val_set: Any = None, *, st
           out_dir: Any, epochs: int, lr: float, batch_size: int, seed: int = 0, run_key: str | None = None,
           div_weight: float = 1.0, dis_weight: float = 1.0, adapters: bool = True, dice_only: bool = False,
           weight_decay: float = 0.01, patience: int | None = None, progress: bool = False,
-          resume: bool = True) -> FitResult:
+          resume: bool = True, distill_prompt: torch.Tensor | None = None) -> FitResult:
     """Train one stage with :func:`medmoe.engine.train_loop`; the best checkpoint (lowest ``val_seg``, the
     segmentation loss without ``L_div`` / ``L_dis``; ``train_seg`` without ``val_set``) is kept in
     ``out_dir/best`` (load it with :func:`medmoe.engine.load_best`).
@@ -160,16 +168,31 @@ def train(model: TextGuidedSegmenter, train_set: Any, val_set: Any = None, *, st
       by distillation (:func:`distillation_step`); the teacher's features are computed once
       (:class:`~medmoe.papers.mlmoe.data.TeacherDataset`). ``adapters=False`` is Table II's "w/o adapter",
       ``dis_weight=0`` is "w/o distillation". AdamW, no schedule.
+    * ``stage="text_absent", distill_prompt=<(T, D) features of a fixed prompt>``: the fixed-prompt protocol of
+      Table IV as the book reads it -- the prompt's features replace the virtual prompt as the student's input
+      (the virtual prompt stays frozen and unused) and the adapters are trained by the same distillation; test
+      it with ``evaluate(model, data, text=<the same features>, adapters=True)``.
 
     Args:
         patience: early stopping on ``val_seg`` after this many epochs without improvement (``None``: never).
         dice_only: Dice alone as the segmentation loss (the loss Ariadne's code effectively optimised).
 
     Raises:
-        ValueError: an unknown ``stage``.
+        ValueError: an unknown ``stage``; ``distill_prompt`` with the text-present stage, not ``(T, D)``, or with
+            ``adapters=False`` (nothing would train).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; use one of {STAGES}")
+    if distill_prompt is not None:
+        if stage != "text_absent":
+            raise ValueError("distill_prompt= belongs to the text-absent stage: train(..., stage='text_absent', "
+                             "distill_prompt=features)")
+        if not isinstance(distill_prompt, torch.Tensor) or distill_prompt.ndim != 2:
+            got = tuple(distill_prompt.shape) if isinstance(distill_prompt, torch.Tensor) else repr(distill_prompt)
+            raise ValueError(f"distill_prompt must be one fixed prompt's features, a (T, D) tensor, got {got}")
+        if not adapters:
+            raise ValueError("distill_prompt= with adapters=False would train nothing (the fixed prompt is not "
+                             "learnable); keep adapters=True")
     monitor = "val_seg" if val_set is not None else "train_seg"
     seg = SegLoss(dice_only=dice_only)
     if stage == "text_present":
@@ -182,14 +205,15 @@ def train(model: TextGuidedSegmenter, train_set: Any, val_set: Any = None, *, st
         step = partial(text_present_step, seg_loss=seg, div_weight=div_weight)
         return train_loop(model, opt, train_set, step_fn=step, config=config, batch_size=batch_size, val_set=val_set,
                           scheduler=sched)
-    params = model.start_distillation(adapters=adapters)
+    params = model.start_distillation(adapters=adapters, prompt=distill_prompt is None)
     train_set = TeacherDataset(train_set, teacher_features(model, train_set))
     if val_set is not None:
         val_set = TeacherDataset(val_set, teacher_features(model, val_set))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume,
                          early_stopping_patience=patience, monitor=monitor, run_key=run_key)
-    step = partial(distillation_step, seg_loss=seg, dis_weight=dis_weight)
+    prompt = None if distill_prompt is None else distill_prompt.detach().to(next(model.parameters()).device)
+    step = partial(distillation_step, seg_loss=seg, dis_weight=dis_weight, prompt=prompt)
     return train_loop(model, opt, train_set, step_fn=step, config=config, batch_size=batch_size, val_set=val_set)
 
 
@@ -204,7 +228,7 @@ def _check_text(text: Any) -> None:
 
 @torch.no_grad()
 def evaluate(model: TextGuidedSegmenter, data: Any, *, text: str | torch.Tensor = "report", batch_size: int = 64,
-             device: torch.device | str | None = None) -> dict[str, Any]:
+             device: torch.device | str | None = None, adapters: bool | None = None) -> dict[str, Any]:
     """Test-set metrics of a text-guided segmenter on ``data`` (items with ``image``, ``mask`` and, for
     ``text="report"``, ``text_features``), read in order in batches of ``batch_size``.
 
@@ -213,6 +237,8 @@ def evaluate(model: TextGuidedSegmenter, data: Any, *, text: str | torch.Tensor 
             the text encoder is not needed), or a ``(T, D)`` tensor: one fixed prompt's features for every image
             (the paper's "pneumonia", "a photo of infected areas", ... baselines).
         device: where the images go; ``None``: the model's device.
+        adapters: run the text-absent adapters; ``None``: only with ``text="virtual"``. ``True`` with a fixed
+            prompt's features tests a model distilled for that prompt (``train(..., distill_prompt=...)``).
 
     Returns:
         ``global_dice`` and ``global_iou`` (the base code's convention), ``per_image_dice`` (LViT's), the number
@@ -231,7 +257,7 @@ def evaluate(model: TextGuidedSegmenter, data: Any, *, text: str | torch.Tensor 
             feats = batch["text_features"].to(device)
         else:
             feats = None
-        out = model(image, feats)
+        out = model(image, feats, adapter=adapters)
         glob.update(out.logits.cpu(), batch["mask"])
         per_image.update(out.logits.cpu(), batch["mask"])
         gates.append([g.weights.cpu() for g in out.gates])
@@ -283,3 +309,51 @@ def expert_word_attribution(model: TextGuidedSegmenter, encoder: TextEncoder, te
     words = [w for w, _ in spans]
     by_word = torch.stack([attr[:, pos].sum(1) for _, pos in spans], dim=1)
     return words, by_word / by_word.sum(1, keepdim=True)
+
+
+LUNG_REGIONS = ("upper left lung", "middle left lung", "lower left lung", "upper right lung", "middle right lung",
+                "lower right lung")
+"""The region phrases of QaTa-COV19's reports (LViT's annotations) and of the book's phantoms."""
+
+
+def gate_by_phrase(weights: torch.Tensor, texts: Sequence[str], phrases: Sequence[str] = LUNG_REGIONS, *,
+                   top_k: int = 6) -> tuple[list[str], torch.Tensor, str]:
+    """Mean gate weight of the images whose report contains each phrase, for the figure "mean gate weight by
+    region in the report" -- on any dataset: when no report names any of ``phrases`` (e.g. other annotations in
+    the QaTa layout), the ``top_k`` most frequent words that some but not all reports contain are the groups.
+
+    Args:
+        weights: ``(num_images, N)`` gate weights of one stage (``evaluate(...)["gates"][s]``).
+        texts: the ``num_images`` reports, in the same order.
+
+    Returns:
+        ``(labels, (G, N) means, how)``: ``how`` says which grouping was used, or why there is none (``G = 0``:
+        every report is the same, or they share every word).
+
+    Example:
+        >>> labels, means, how = gate_by_phrase(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), ["left lesion", "right one"])
+        >>> labels, means.tolist(), how.startswith("no report names")
+        (['left', 'lesion', 'one', 'right'], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], True)
+    """
+    texts = list(texts)
+    if weights.ndim != 2 or weights.shape[0] != len(texts):
+        raise ValueError(f"weights must have shape (num_images, N) with num_images = {len(texts)} reports, got "
+                         f"{tuple(weights.shape)}")
+    lower = [t.lower() for t in texts]
+    labels = [p for p in phrases if any(p in t for t in lower)]
+    how = "reports naming each phrase"
+    if labels:
+        members = [[i for i, t in enumerate(lower) if p in t] for p in labels]
+    else:
+        words = [set(re.findall(r"[a-z]{3,}", t)) for t in lower]
+        freq = Counter(w for ws in words for w in ws)
+        common = [w for w, c in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0])) if c < len(texts)][:top_k]
+        labels = sorted(common)
+        members = [[i for i, ws in enumerate(words) if w in ws] for w in labels]
+        how = (f"no report names any of {len(phrases)} phrases ({phrases[0]!r}, ...): grouped by the "
+               f"{len(labels)} most frequent words that some but not all reports contain")
+        if not labels:
+            how = "no grouping: the reports name none of the phrases and share every word"
+    if not labels:
+        return [], weights.new_zeros(0, weights.shape[1]), how
+    return labels, torch.stack([weights[m].mean(0) for m in members]), how

@@ -16,7 +16,10 @@ reconstruction; the chapter says which part is which. The files, and the section
   (:class:`~medmoe.papers.mome.data.PhantomCT`) and the random training patches
   (:class:`~medmoe.papers.mome.data.RandomPatches`); section 1 "Partially labelled data";
 * :mod:`~medmoe.papers.mome.prepare` -- arranges AMOS, the MSD CT tasks and TotalSegmentator in the Universal
-  Model's layout (``data_scripts/prepare_universal.py`` calls it);
+  Model's layout (``data_scripts/prepare_universal.py`` calls it): the open part of its collection, not the 3,410
+  scans of the Universal Model and MoME;
+* :mod:`~medmoe.papers.mome.fixtures` -- the ``rehearsal`` profile's tiny inputs in the real formats (dataset-list
+  NIfTI volumes, ``txt_encoding.pth``, a ``model_swinvit.pt``-format checkpoint);
 * ``card.yaml`` -- the chapter's profiles and registry cells.
 """
 

@@ -93,6 +93,9 @@ from monai.transforms import (
     LoadImaged,
     Orientationd,
     RandCropByPosNegLabeld,
+    RandRotate90d,
+    RandShiftIntensityd,
+    RandZoomd,
     ScaleIntensityRanged,
     Spacingd,
     SpatialPadd,
@@ -105,7 +108,8 @@ from medmoe.data.phantoms import CLASSES_3D, PhantomVolumeDataset
 __all__ = [
     "UNIVERSAL_CLASSES", "NUM_UNIVERSAL_CLASSES", "TEMPLATE", "LABEL_TRANSFER", "IGNORED_VALUES",
     "LEFT_RIGHT_SPLIT", "REFERENCE_FOLDERS", "TOTALSEG_STRUCTURES", "PHANTOM_CONTAINS", "UniversalCase",
-    "UniversalDataset", "PhantomCT", "RandomPatches", "dataset_id", "labelled_channels", "parse_dataset_list",
+    "UniversalDataset", "PhantomCT", "RandomPatches", "ZOOM_DATASETS", "dataset_id", "labelled_channels",
+    "parse_dataset_list",
     "partial_label_target", "preprocessing", "split_left_right", "transfer_label", "write_dataset_list",
     "write_universal_fixture",
 ]
@@ -626,6 +630,10 @@ class UniversalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cases)
 
+    def labelled_of(self, index: int) -> torch.Tensor:
+        """``(32,)`` bool: the classes case ``index``'s dataset labels, without reading the volume."""
+        return labelled_channels(self.cases[index].dataset)
+
     def __getitem__(self, index: int) -> dict:
         case = self.cases[index]
         image_path, label_path = self.root / case.image, self.root / case.label
@@ -693,6 +701,11 @@ class PhantomCT(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def labelled_of(self, k: int) -> torch.Tensor:
+        """``(C,)`` bool: the classes volume ``k``'s source labels (the item's ``labelled``)."""
+        v, _ = self.index[k]
+        return torch.as_tensor(self.volumes[v].labelled[1:]).bool()
+
     def __getitem__(self, k: int) -> dict[str, Any]:
         v, i = self.index[k]
         item = self.volumes[v][i]
@@ -705,11 +718,21 @@ class PhantomCT(Dataset):
         return {"image": image, "label": target, "labelled": labelled, "source": self.sources[v]}
 
 
+ZOOM_DATASETS: tuple[str, ...] = ("10_03", "10_06", "10_07", "10_08", "10_09", "10_10")
+"""Datasets whose training volumes the Universal Model zooms (its ``RandZoomd_select``: the MSD tasks only)."""
+
+
 class RandomPatches(Dataset):
     """Random ``patch^3`` training crops of whole-volume items (``image``, ``label``, ``labelled``, ...), as the
     Universal Model samples them: volumes smaller than the patch are padded (MONAI ``SpatialPadd``), then MONAI
     ``RandCropByPosNegLabeld`` centres 2 of 3 crops on labelled foreground and 1 on background. Seeded by
     ``torch``'s generator (so by :func:`medmoe.utils.seed_everything` and the DataLoader's worker seeds).
+
+    ``augment=True`` adds the Universal Model's random augmentations, in its order (``dataset/dataloader.py``):
+    after the padding, ``RandZoomd`` (p 0.3, zoom 1.3-1.5, ``area`` / ``nearest``, size kept) for the MSD
+    datasets of :data:`ZOOM_DATASETS` only (by the item's ``dataset``; phantoms are never zoomed); after the crop,
+    ``RandRotate90d`` (p 0.1, k up to 3, in the first two axes) on image and label and ``RandShiftIntensityd``
+    (offset up to 0.1, p 0.2) on the image.
 
     Example:
         >>> vols = PhantomCT(sources=["kidney"], n_per_source=1, size=48)
@@ -717,13 +740,17 @@ class RandomPatches(Dataset):
         torch.Size([1, 32, 32, 32])
     """
 
-    def __init__(self, volumes: Dataset, *, patch: int) -> None:
+    def __init__(self, volumes: Dataset, *, patch: int, augment: bool = False) -> None:
         if patch < 32 or patch % 32:
             raise ValueError(f"patch must be a positive multiple of 32 (SwinUNETR), got {patch}")
-        self.volumes, self.patch = volumes, patch
+        self.volumes, self.patch, self.augment = volumes, patch, bool(augment)
         self._pad = SpatialPadd(keys=("image", "label", "fg"), spatial_size=(patch,) * 3)
         self._crop = RandCropByPosNegLabeld(keys=("image", "label"), label_key="fg", spatial_size=(patch,) * 3,
                                             pos=2, neg=1, num_samples=1)
+        self._zoom = RandZoomd(keys=("image", "label", "fg"), prob=0.3, min_zoom=1.3, max_zoom=1.5,
+                               mode=("area", "nearest", "nearest"))
+        self._rotate = RandRotate90d(keys=("image", "label"), prob=0.1, max_k=3)
+        self._shift = RandShiftIntensityd(keys="image", offsets=0.1, prob=0.2)
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -731,9 +758,19 @@ class RandomPatches(Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         item = self.volumes[k]
         fg = (item["label"][item["labelled"]].sum(0, keepdim=True) > 0).float()
+        data = self._pad({"image": item["image"], "label": item["label"], "fg": fg})
+        if self.augment and item.get("dataset") in ZOOM_DATASETS:
+            self._zoom.set_random_state(int(torch.randint(2**31 - 1, (1,))))
+            data = self._zoom(data)
         self._crop.set_random_state(int(torch.randint(2**31 - 1, (1,))))
-        crop = self._crop(self._pad({"image": item["image"], "label": item["label"], "fg": fg}))[0]
-        return {**item, "image": torch.as_tensor(crop["image"]), "label": torch.as_tensor(crop["label"])}
+        crop = self._crop(data)[0]
+        if self.augment:
+            for t in (self._rotate, self._shift):
+                t.set_random_state(int(torch.randint(2**31 - 1, (1,))))
+                crop = t(crop)
+        image = torch.as_tensor(crop["image"]).as_subclass(torch.Tensor).float()
+        label = torch.as_tensor(crop["label"]).as_subclass(torch.Tensor)
+        return {**item, "image": image, "label": label}
 
 
 # --------------------------------------------------------------------------------------------------

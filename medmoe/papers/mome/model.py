@@ -42,7 +42,9 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -53,7 +55,7 @@ from torch import nn
 from medmoe.utils import check_rank, resolve_config
 
 __all__ = ["DECODER_LEVELS", "MoMEConfig", "CONFIGS", "MoMEOutput", "TextGuidedRouter", "UniversalSeg", "build_model",
-           "dynamic_head", "example_inputs"]
+           "build_swinunetr", "load_self_supervised", "dynamic_head", "example_inputs"]
 
 #: Decoder outputs of MONAI's SwinUNETR, coarse to fine, with their width in units of ``feature_size`` and their
 #: downsampling factor.
@@ -255,9 +257,7 @@ class UniversalSeg(nn.Module):
         self.config = config
         fs = config.feature_size
         if backbone is None:
-            backbone = SwinUNETR(in_channels=1, out_channels=config.num_classes, feature_size=fs, depths=config.depths,
-                                 num_heads=config.num_heads, norm_name=config.norm, window_size=config.window_size,
-                                 use_checkpoint=config.use_checkpoint)
+            backbone = build_swinunetr(config)
         else:
             _check_backbone(backbone, config)
         self.backbone = backbone
@@ -332,21 +332,86 @@ class UniversalSeg(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def build_model(name: str | MoMEConfig = "mome_paper", *, backbone: nn.Module | None = None,
-                **overrides) -> UniversalSeg:
-    """Build a configuration of :data:`CONFIGS` (or a :class:`MoMEConfig`), with field ``overrides``.
+def build_swinunetr(config: MoMEConfig) -> SwinUNETR:
+    """A fresh MONAI ``SwinUNETR`` (one input channel) with the configuration's feature size, stages, window and
+    normalisation."""
+    return SwinUNETR(in_channels=1, out_channels=config.num_classes, feature_size=config.feature_size,
+                     depths=config.depths, num_heads=config.num_heads, norm_name=config.norm,
+                     window_size=config.window_size, use_checkpoint=config.use_checkpoint)
 
-    ``backbone``: a MONAI ``SwinUNETR`` to use instead of a fresh one (for pretrained weights; see
-    :class:`UniversalSeg`); ``None`` builds one from the configuration.
+
+def load_self_supervised(backbone: SwinUNETR, path: str | os.PathLike[str]) -> SwinUNETR:
+    """Load self-supervised Swin UNETR weights into ``backbone``'s Swin transformer with MONAI's
+    ``SwinUNETR.load_from`` (patch embedding, every block's attention and MLP, the patch-merging layers; the
+    convolutional encoder and decoder stay as initialised), as the Universal Model starts from them.
+
+    ``path``: a checkpoint in the format of MONAI's ``model_swinvit.pt`` (Tang et al., CVPR 2022; the Swin UNETR
+    BTCV tutorial): a dict whose ``"state_dict"`` holds ``module.patch_embed.proj.weight``,
+    ``module.layers{1..4}.0.blocks.{i}.{norm1, attn.qkv, attn.proj, attn.relative_position_bias_table, mlp.fc1,
+    ...}`` and ``module.layers{1..4}.0.downsample.{reduction, norm}``. The encoder's width, depths, heads and
+    window must be the backbone's (feature size 48, window 7 for the released file).
 
     Raises:
-        ValueError: an unknown name or field, an invalid value, or a ``backbone`` that does not match.
+        FileNotFoundError: no file at ``path`` (the message names the file and where to get it).
+        ValueError: not such a checkpoint, a missing key, or a tensor whose shape differs from the backbone's.
+
+    Example:
+        >>> import tempfile
+        >>> from medmoe.papers.mome.fixtures import write_swinvit_checkpoint
+        >>> path = write_swinvit_checkpoint(Path(tempfile.mkdtemp()) / "model_swinvit.pt", "universal_test")
+        >>> swin = load_self_supervised(build_swinunetr(CONFIGS["universal_test"]), path)
+        >>> bool(swin.swinViT.patch_embed.proj.weight.abs().sum() > 0)
+        True
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"self-supervised Swin UNETR weights not found: {path}; download model_swinvit.pt "
+            "(https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/model_swinvit.pt) "
+            "or pass pretrained='' to start from random weights")
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors of several types
+        raise ValueError(f"cannot read {path} as a torch checkpoint: {err}") from err
+    if not isinstance(weights, dict) or not isinstance(weights.get("state_dict"), dict):
+        raise ValueError(f"{path} is not in the model_swinvit.pt format: expected a dict with a 'state_dict' entry "
+                         f"(keys 'module.patch_embed.proj.weight', 'module.layers1.0.blocks.0...'), got "
+                         f"{sorted(weights)[:5] if isinstance(weights, dict) else type(weights).__name__}")
+    try:
+        backbone.load_from(weights)
+    except KeyError as err:
+        raise ValueError(f"{path} lacks the Swin UNETR key {err} (is it model_swinvit.pt for this depth?)") from None
+    except RuntimeError as err:  # copy_ with a shape that does not broadcast
+        raise ValueError(f"{path} does not fit the backbone (feature size {backbone.swinViT.embed_dim}, window "
+                         f"{tuple(backbone.swinViT.window_size)}): {err}") from None
+    return backbone
+
+
+def build_model(name: str | MoMEConfig = "mome_paper", *, backbone: nn.Module | None = None,
+                pretrained: str | os.PathLike[str] | None = None, **overrides) -> UniversalSeg:
+    """Build a configuration of :data:`CONFIGS` (or a :class:`MoMEConfig`), with field ``overrides``.
+
+    ``backbone``: a MONAI ``SwinUNETR`` to use instead of a fresh one (see :class:`UniversalSeg`); ``None``
+    builds one from the configuration. ``pretrained``: a ``model_swinvit.pt``-format file of self-supervised Swin
+    weights loaded into that fresh backbone (:func:`load_self_supervised`; the Universal Model's start); ``None``
+    or ``""``: random weights.
+
+    Raises:
+        ValueError: an unknown name or field, an invalid value, a ``backbone`` that does not match, both
+            ``backbone`` and ``pretrained``, or weights that do not fit.
+        FileNotFoundError: ``pretrained`` names no file.
 
     Example:
         >>> build_model("mome_test", router_hidden=8).config.router_hidden
         8
     """
-    return UniversalSeg(resolve_config(name, CONFIGS, overrides, what="MoME"), backbone=backbone)
+    config = resolve_config(name, CONFIGS, overrides, what="MoME")
+    if pretrained:
+        if backbone is not None:
+            raise ValueError("pass either backbone or pretrained, not both (load the weights into your backbone "
+                             "with load_self_supervised)")
+        backbone = load_self_supervised(build_swinunetr(config), pretrained)
+    return UniversalSeg(config, backbone=backbone)
 
 
 def example_inputs(name: str | MoMEConfig = "mome_test", *, batch_size: int = 2

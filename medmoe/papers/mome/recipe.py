@@ -7,9 +7,11 @@ labels" and 4 "Per-organ Dice (the Universal Model's convention)". The same four
 * :func:`train` -- AdamW with :func:`medmoe.engine.train_loop` on :func:`train_step`, whose loss is
   :func:`partial_label_loss`: Dice + BCE only over the (volume, class) pairs whose class the volume's source data
   set annotates; the other classes get no gradient (the Universal Model's masked ``DiceLoss`` + ``Multi_BCELoss``,
-  weights 1:1);
+  weights 1:1); optionally the Universal Model's linear warm-up + cosine decay per epoch
+  (:func:`warmup_cosine_factor`);
 * :func:`evaluate` -- MONAI ``sliding_window_inference`` (overlap 0.5, Gaussian blending), sigmoid > 0.5, Dice per
-  organ per volume (:func:`medmoe.metrics.per_volume_class_dice`), averaged per organ;
+  organ per volume (:func:`medmoe.metrics.per_volume_class_dice`; organs absent from a volume's ground truth are
+  skipped, as the reference ``test.py``), averaged per organ; router maps only for the volumes asked for;
 * :func:`count` -- parameter counts (total, trainable, the router, the expert projections).
 
 Besides, the class text embeddings (:func:`class_text_embeddings`): "A computerized tomography of a {organ}"
@@ -21,6 +23,7 @@ saved ``(C, 512)`` tensor, or a local CLIP folder), the packaged MiniLM (mean ov
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,12 @@ from medmoe.metrics import mean_dice_per_class, per_volume_class_dice
 from medmoe.papers.mome.model import build_model
 from medmoe.utils import count_parameters
 
-__all__ = ["class_text_embeddings", "partial_label_loss", "train_step", "build", "train", "evaluate", "count"]
+__all__ = ["class_text_embeddings", "partial_label_loss", "train_step", "warmup_cosine_factor", "SCHEDULES", "build",
+           "train", "evaluate", "count"]
+
+#: Learning-rate schedules of :func:`train`: ``constant`` (the quick profile) and ``warmup_cosine`` (the Universal
+#: Model's ``LinearWarmupCosineAnnealingLR``, stepped once per epoch).
+SCHEDULES = ("constant", "warmup_cosine")
 
 build = build_model
 
@@ -114,64 +122,114 @@ def train_step(model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tenso
     return partial_label_loss(out.logits, batch["label"], batch["labelled"])
 
 
+def warmup_cosine_factor(epoch: int, *, warmup_epochs: int, max_epochs: int) -> float:
+    """The learning-rate factor (of ``lr``) for 0-based ``epoch`` under the Universal Model's schedule.
+
+    Its ``train.py`` steps ``LinearWarmupCosineAnnealingLR(warmup_epochs, max_epochs)`` (start 0, minimum 0) *before*
+    each epoch, so epoch ``e`` trains at the schedule's value at ``t = e + 1``: ``t / (warmup_epochs - 1)`` while
+    ``t < warmup_epochs`` (linear warm-up from 0), then ``(1 + cos(pi (t - warmup_epochs) / (max_epochs -
+    warmup_epochs))) / 2`` (cosine decay to 0 at ``t = max_epochs``).
+
+    Example:
+        >>> [round(warmup_cosine_factor(e, warmup_epochs=3, max_epochs=7), 3) for e in range(6)]
+        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146]
+    """
+    if warmup_epochs < 0 or max_epochs <= warmup_epochs:
+        raise ValueError(f"need 0 <= warmup_epochs < max_epochs, got warmup_epochs={warmup_epochs}, "
+                         f"max_epochs={max_epochs}")
+    t = epoch + 1
+    if t < warmup_epochs:
+        return t / max(1, warmup_epochs - 1)
+    return 0.5 * (1.0 + math.cos(math.pi * (t - warmup_epochs) / (max_epochs - warmup_epochs)))
+
+
 def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any, epochs: int, lr: float,
           batch_size: int, seed: int = 0, run_key: str | None = None, weight_decay: float = 1e-5,
-          progress: bool = False, resume: bool = True) -> FitResult:
+          schedule: str = "constant", warmup_epochs: int = 0, progress: bool = False,
+          resume: bool = True) -> FitResult:
     """Train the Universal Model or MoME with partial labels: AdamW at ``lr`` with ``weight_decay`` (the Universal
     Model's 1e-5 by default), ``epochs`` epochs of :func:`train_step` on ``train_set`` (e.g.
     :class:`medmoe.papers.mome.data.RandomPatches`), shuffled by ``seed`` (:func:`medmoe.engine.train_loop`).
 
+    ``schedule``: ``"constant"`` (``lr`` throughout) or ``"warmup_cosine"`` (the Universal Model's linear warm-up
+    over ``warmup_epochs`` then cosine decay to 0 at ``epochs``, once per epoch: :func:`warmup_cosine_factor`; its
+    ``train.py`` uses 100 of 2,000 epochs).
+
     The model must be on its device and hold its class text embeddings
     (:meth:`~medmoe.papers.mome.model.UniversalSeg.set_text_embeddings`) already. ``val_set``, when given, is
     scored with the same loss (``val_loss``). ``resume=True``: a run with the same ``out_dir`` and ``run_key``
-    continues from its last checkpoint.
+    continues from its last checkpoint (with the scheduler's state).
     """
-    config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume, run_key=run_key)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    interval = "epoch" if schedule == "warmup_cosine" else "step"
+    config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume, run_key=run_key,
+                         scheduler_interval=interval)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = None
+    if schedule == "warmup_cosine":
+        warmup_cosine_factor(0, warmup_epochs=warmup_epochs, max_epochs=epochs)  # checks the two numbers
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: warmup_cosine_factor(e, warmup_epochs=warmup_epochs, max_epochs=epochs))
     return train_loop(model, optimizer, train_set, step_fn=train_step, config=config, batch_size=batch_size,
-                      val_set=val_set)
+                      val_set=val_set, scheduler=scheduler)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, *, overlap: float = 0.5, sw_batch_size: int = 4,
-             keep_router: int = 0) -> dict[str, Any]:
+             maps_for: Sequence[int] = ()) -> dict[str, Any]:
     """Sliding-window inference (MONAI, ``roi_size = model.config.roi_size``, Gaussian blending) on whole volumes,
     sigmoid > 0.5, Dice per organ per volume (the Universal Model's ``2TP / (|P| + |G| + 1)``), NaN for classes
-    the volume's source does not label.
+    the volume's source does not label and for labelled classes absent from the volume's ground truth (the
+    reference ``test.py`` scores an organ only where ``sum(label) != 0``).
 
-    Returns ``dice`` ``(N, C)`` (numpy), ``per_class`` ``(C,)`` (mean over volumes that label the class),
-    ``sources`` (per volume) and, for the first ``keep_router`` volumes, ``maps``: ``router`` ``(C, E, D, H, W)``
-    (MoME only) and ``probability`` ``(C, D, H, W)`` maps with their ``image`` and ``label``.
+    ``maps_for``: indices of the volumes whose maps are returned (the ones a figure draws). Only for these is the
+    router's ``(C, E, D, H, W)`` map stitched across windows: at CT size it is ``C x E`` times the size of the
+    volume, so it is never computed for the others.
+
+    Returns ``dice`` ``(N, C)`` (numpy), ``per_class`` ``(C,)`` (mean over the volumes that score the class),
+    ``sources`` (per volume) and ``maps``, one per index of ``maps_for`` in its order: ``router``
+    ``(C, E, D, H, W)`` (MoME; ``None`` for the Universal Model) and ``probability`` ``(C, D, H, W)`` with the
+    volume's ``image``, ``label``, ``source`` and ``index``.
     """
+    maps_for = [int(k) for k in maps_for]
+    bad = [k for k in maps_for if not 0 <= k < len(data)]
+    if bad:
+        raise ValueError(f"maps_for indices {bad} are outside the {len(data)} volumes")
     was = model.training
     model.eval()
     device = next(model.parameters()).device
     roi = (model.config.roi_size,) * 3
     c = model.config.num_classes
 
-    def predictor(x):
-        out = model(x)
-        if out.router is None:
-            return out.logits
-        return out.logits, out.router.flatten(1, 2)
+    def logits_only(x):
+        return model(x).logits
 
-    rows, sources, kept = [], [], []
+    def with_router(x):
+        out = model(x)
+        return out.logits if out.router is None else (out.logits, out.router.flatten(1, 2))  # (B, C E, d, h, w)
+
+    rows, sources, kept = [], [], {}
     for k in range(len(data)):
         item = data[k]
         x = item["image"][None].to(device)
-        pred = sliding_window_inference(x, roi, sw_batch_size, predictor, overlap=overlap, mode="gaussian")
+        drawn = k in maps_for
+        pred = sliding_window_inference(x, roi, sw_batch_size, with_router if drawn else logits_only,
+                                        overlap=overlap, mode="gaussian")
         logits, router = (pred, None) if torch.is_tensor(pred) else pred
         prob = torch.sigmoid(logits)
-        rows.append(per_volume_class_dice(prob.cpu(), item["label"][None], labelled=item["labelled"][None])[0])
+        rows.append(per_volume_class_dice(prob.cpu(), item["label"][None].cpu(),
+                                          labelled=item["labelled"][None].cpu())[0])
         sources.append(item.get("source", item.get("dataset")))
-        if k < keep_router:
-            kept.append({"image": item["image"][0].numpy(), "label": item["label"].numpy(), "source": sources[-1],
-                         "probability": prob[0].cpu().numpy(),
-                         "router": None if router is None
-                         else router[0].reshape(c, -1, *router.shape[2:]).cpu().numpy()})
+        if drawn:
+            kept[k] = {"index": k, "image": item["image"][0].cpu().numpy(), "label": item["label"].cpu().numpy(),
+                       "source": sources[-1], "probability": prob[0].cpu().numpy(),
+                       "router": None if router is None
+                       else router[0].reshape(c, -1, *router.shape[2:]).cpu().numpy()}
     model.train(was)
     dice = torch.stack(rows)
-    return {"dice": dice.numpy(), "per_class": mean_dice_per_class(dice).numpy(), "sources": sources, "maps": kept}
+    return {"dice": dice.numpy(), "per_class": mean_dice_per_class(dice).numpy(), "sources": sources,
+            "maps": [kept[k] for k in maps_for]}
 
 
 def count(model: nn.Module) -> dict[str, int]:

@@ -21,8 +21,8 @@ the code that they explain:
 
 Files: ``model.py`` (the model, its configurations ``segmote_paper``, ``segmote_paper_imis``, ``segmote_quick``,
 ``segmote_test``), ``recipe.py`` (losses, steps and the four verbs), ``data.py`` (layouts and task datasets),
-``prepare.py`` (what ``data_scripts/build_medseg_hq.py`` runs), ``card.yaml`` (profiles and the paper's table
-cells).
+``prepare.py`` (what ``data_scripts/build_medseg_hq.py`` runs), ``fixtures.py`` (the ``rehearsal`` profile's inputs in
+their real formats), ``card.yaml`` (profiles, declared inputs and the paper's table cells).
 """
 
 from medmoe.papers.segmote.model import ALIASES, CONFIGS, SegMoTE, SegMoTEConfig, build_model

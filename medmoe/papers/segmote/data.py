@@ -86,8 +86,8 @@ __all__ = [
     "IMIS_SPLITS", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "IMISDataset", "MultiDatasetIMIS", "collate_imis",
     "mask_file_name", "parse_mask_shape", "pseudo_region_map", "read_sparse_mask", "sam_normalize",
     "write_dataset_json", "write_imis_item", "write_imis_layout", "write_sparse_mask",
-    "TASK_CLASSES", "GROUP_A", "IMIS_GROUP_A", "SegTasks", "PhantomSegTasks", "IMISSegTasks", "EmbeddingTasks",
-    "cache_embeddings",
+    "TASK_CLASSES", "GROUP_A", "IMIS_GROUP_A", "NOT_IN_MEDSEG_HQ", "SegTasks", "PhantomSegTasks", "IMISSegTasks",
+    "EmbeddingTasks", "cache_embeddings",
 ]
 
 IMIS_SPLITS: tuple[str, str] = ("training", "test")
@@ -443,8 +443,10 @@ class IMISDataset(Dataset):
     **Checks at construction** (each message names the file): ``dataset.json`` exists and has the split
     (``FileNotFoundError`` / ``ValueError``); every image and label file of the split exists
     (``FileNotFoundError``); each label name has a shape whose ``C`` equals the number of classes and whose
-    ``(H, W)`` equals the image's (read from the PNG header; ``ValueError``). Label files are opened once to
-    find the present classes (sparse, not densified).
+    ``(H, W)`` equals the image's (read from the PNG header; ``ValueError`` naming both files and both shapes);
+    a split with label files of which none has a foreground pixel raises ``ValueError`` (a blank-target data set
+    is a conversion error, never data). Label files are opened once to find the present classes (sparse, not
+    densified).
 
     Args:
         root: the ``<CODE>`` folder holding ``dataset.json``.
@@ -506,6 +508,7 @@ class IMISDataset(Dataset):
         kept = set(self.channels)
         #: One record per image of the split: (image path, label path, imask path or None, present channels).
         self.records: list[tuple[Path, Path, Path | None, tuple[int, ...]]] = []
+        any_foreground = False
         for i, entry in enumerate(data[split]):
             image_path, label_path = self.root / entry["image"], self.root / entry["label"]
             imask_path = self.root / entry["imask"] if entry.get("imask") else None
@@ -523,8 +526,17 @@ class IMISDataset(Dataset):
             if (h, w) != (height, width):
                 raise ValueError(f"mask shape (H, W) = {(h, w)} of {label_path} disagrees with image shape "
                                  f"{(height, width)} of {image_path}")
-            present = tuple(ch for ch in _present_channels(label_path) if ch in kept)
+            present_all = _present_channels(label_path)
+            any_foreground = any_foreground or bool(present_all)
+            present = tuple(ch for ch in present_all if ch in kept)
             self.records.append((image_path, label_path, imask_path, present))
+        if self.records and not any_foreground:
+            raise ValueError(
+                f"every mask of the {split!r} split of {self.root} is empty ({len(self.records)} label files, e.g. "
+                f"{self.records[0][1]}): nothing to train or score on. Label files store 0/1 (any non-zero value is "
+                "foreground); if they were built from masks stored as 0/1 by a converter expecting 0/255, rebuild "
+                "them (data_scripts/build_medseg_hq.py accepts both)"
+            )
 
         if mode == "per_class":
             self.index = [(r, ch) for r, rec in enumerate(self.records) for ch in rec[3]]
@@ -778,6 +790,10 @@ class PhantomSegTasks(SegTasks):
         return torch.from_numpy(_class_mask(self.phantoms.phantoms[i], name)[None].astype(np.float32))
 
 
+#: Folders that ``data_scripts/build_medseg_hq.py`` can build but that are not MedSeg-HQ sources (MedSeg-HQ's CHAOS
+#: is T1 and T2 only): the chapter does not train on them unless named in ``train_codes``.
+NOT_IN_MEDSEG_HQ: frozenset[str] = frozenset({"chaos_ct"})
+
 #: SegMoTE's group A in the IMIS layout written by ``data_scripts/build_medseg_hq.py`` (ISIC 2018, SZ-CXR), plus
 #: ISLES 2022, on which Table 4 also evaluates PPT.
 IMIS_GROUP_A: frozenset[tuple[str, str]] = frozenset(
@@ -799,6 +815,7 @@ class IMISSegTasks(SegTasks):
         parts = list(getattr(data, "datasets", [data]))
         if any(getattr(d, "mode", None) != "per_class" for d in parts):
             raise ValueError("IMISSegTasks needs IMIS data sets in mode='per_class'")
+        parts = [d for d in parts if len(d)]  # a folder without items in this split (e.g. no test list) is no group
         self.modalities = tuple(d.code for d in parts)
         self.class_names = [f"{d.code}/{c}" for d in parts for c in d.classes]
         self.group_a = frozenset(tuple(g) for g in group_a)

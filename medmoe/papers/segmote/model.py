@@ -18,7 +18,8 @@ this file adds only what SegMoTE adds, and keeps every SAM weight frozen:
 * **expert heads** as the released code (HQ-SAM's machinery renamed): one hypernetwork MLP per expert token, and,
   with ``hq_features``, an expert feature map built from the image embedding, an early ViT block's features and
   SAM's upscaled embedding;
-* **PPT** (Sec. 3.4, :class:`PromptTokenizer`): ``Q = 2`` learnable queries attend over the layer-normed image
+* **PPT** (Sec. 3.4, :class:`PromptTokenizer`): ``Q`` learnable queries (``ppt_queries``; 2 in the paper, 4 and 8 in
+  Table 4) attend over the layer-normed image
   tokens plus a linear encoding of their 2-D coordinates; the result replaces the sparse prompt tokens, so the
   model segments without a click or a box.
 
@@ -377,8 +378,9 @@ class SegMoTE(nn.Module):
     def prompt_tokens(self, image_embeddings: torch.Tensor, *, boxes: torch.Tensor | None = None,
                       points: tuple[torch.Tensor, torch.Tensor] | None = None,
                       prompt_free: bool = False) -> torch.Tensor:
-        """The sparse prompt tokens ``(B, 2, D)`` of one kind: a box (2 corner tokens), one point (SAM pads it with a
-        not-a-point token) or PPT's ``Q = 2`` tokens -- so batches can mix prompt kinds row by row."""
+        """The sparse prompt tokens of one kind: a box ``(B, 2, D)`` (2 corner tokens), one point ``(B, 2, D)`` (SAM
+        pads it with a not-a-point token) or PPT's ``(B, Q, D)`` -- so batches can mix prompt kinds row by row
+        (:func:`medmoe.papers.segmote.recipe.prompt_tokens_by_kind` pads the shorter ones)."""
         if prompt_free:
             return self.ppt(image_embeddings)
         return self.sam.prompt_encoder(points, boxes, None)[0]

@@ -10,7 +10,8 @@ Sources (``--list`` prints each with its homepage, access kind and the folder it
 
 * ``isic2018`` -> ``isic2018_task1``: ``ISIC_<id>.jpg`` + ``ISIC_<id>_segmentation.png`` (skin_lesion)
 * ``sz_cxr`` -> ``sz_cxr``: ``CHNCXR_<id>_<y>.png`` (NLM) + ``CHNCXR_<id>_<y>_mask.png`` (Kaggle) (lung)
-* ``chaos_ct`` / ``chaos_t1`` / ``chaos_t2`` -> the folder of the same name:
+* ``chaos_ct`` / ``chaos_t1`` / ``chaos_t2`` -> the folder of the same name (MedSeg-HQ has CHAOS T1 and T2 only:
+  ``chaos_ct`` is not a MedSeg-HQ source, and the chapter does not train on it unless asked to):
   ``CT/<id>/DICOM_anon/*.dcm`` + ``CT/<id>/Ground/*.png`` (liver); ``MR/<id>/T1DUAL/DICOM_anon/InPhase``
   or ``MR/<id>/T2SPIR/DICOM_anon`` + their ``Ground`` (liver, kidneys, spleen)
 * ``amos_ct`` / ``amos_mri`` -> the folder of the same name: ``images{Tr,Va}/amos_<id>.nii.gz`` + ``labels{Tr,Va}/...``
@@ -203,7 +204,29 @@ def _foreground_slices(label: np.ndarray, step: int) -> list[int]:
 
 def _check_same_shape(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
     if image.shape[:2] != mask.shape[:2]:
-        raise ValueError(f"image {image_path} is {image.shape[:2]} but its mask {mask_path} is {mask.shape[:2]}")
+        raise ValueError(f"image {image_path} is {image.shape[:2]} but its mask {mask_path} is {mask.shape[:2]}; "
+                         "an image and its mask must have the same size (nothing is resized silently)")
+
+
+def binary_mask(grey: np.ndarray, path: Path) -> np.ndarray:
+    """A 2-D mask image ``(H, W)`` uint8 -> bool foreground, for both conventions of public data sets: values
+    ``{0, 1}`` (foreground ``> 0``) and ``{0, 255}`` (foreground ``> 127``, which also absorbs JPEG-like noise).
+
+    Raises:
+        ValueError: a maximum between 2 and 127 -- neither convention, so thresholding could silently empty it.
+
+    Example:
+        >>> binary_mask(np.array([[0, 1]], np.uint8), Path("m.png")).tolist(), binary_mask(
+        ...     np.array([[0, 255]], np.uint8), Path("m.png")).tolist()
+        ([[False, True]], [[False, True]])
+    """
+    top = int(grey.max()) if grey.size else 0
+    if top <= 1:
+        return grey > 0
+    if top > 127:
+        return grey > 127
+    raise ValueError(f"mask {path} has values {np.unique(grey)[:8].tolist()} (max {top}): neither a 0/1 nor a 0/255 "
+                     "mask; convert it to one of them")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,7 +251,7 @@ def _case_2d(name: str, patient: str, image_path: Path, mask_path: Path) -> Case
     def slices() -> Iterator[Slice]:
         image, mask = _read_rgb(image_path), _read_grey(mask_path)
         _check_same_shape(image, mask, image_path, mask_path)
-        yield name, image, (mask > 127)[None]
+        yield name, image, binary_mask(mask, mask_path)[None]  # 0/1 and 0/255 masks alike
 
     return Case(patient, slices)
 
@@ -452,6 +475,7 @@ def build_source(builder: Builder, cases: list[Case], out_folder: Path, *, test:
     """Write ``cases`` into ``out_folder`` (IMIS-Bench layout); returns counts."""
     lists: dict[str, list[dict[str, str]]] = {"training": [], "test": []}
     patients: dict[str, set[str]] = {"training": set(), "test": set()}
+    foreground = {"training": 0, "test": 0}  # images with at least one foreground pixel
     for case in cases:
         split = "test" if case.patient in test else "training"
         for name, image, masks in case.slices():
@@ -460,6 +484,12 @@ def build_source(builder: Builder, cases: list[Case], out_folder: Path, *, test:
             image, masks = _resize(np.ascontiguousarray(image), np.ascontiguousarray(masks), size)
             lists[split].append(imis.write_imis_item(out_folder, name, image, masks, imask=imask))
             patients[split].add(case.patient)
+            foreground[split] += bool(np.any(masks))
+    for split, entries in lists.items():
+        if entries and not foreground[split]:
+            raise ValueError(f"{builder.key}: every mask of the {split} split ({len(entries)} images) is empty: "
+                             "nothing to train or score on. Masks stored as 0/1 and as 0/255 are both read; check that "
+                             f"the mask files under the input folder hold the structures ({builder.expects})")
     path = imis.write_dataset_json(out_folder, code=builder.code, labels=builder.classes,
                                    training=lists["training"], test=lists["test"], modality=builder.modality,
                                    description=f"{builder.code}, built by data_scripts/build_medseg_hq.py")
@@ -491,7 +521,10 @@ def list_sources(root: Path) -> str:
     lines = []
     for b in BUILDERS.values():
         s = get_source(b.catalogue)
-        lines += [f"{b.key}  -> <out>/{b.code}{'  (out-of-domain: all test)' if b.ood else ''}",
+        extra = ("  (out-of-domain: all test)" if b.ood else
+                 "  (not a MedSeg-HQ source: the chapter does not train on it by default)"
+                 if b.code in imis.NOT_IN_MEDSEG_HQ else "")
+        lines += [f"{b.key}  -> <out>/{b.code}{extra}",
                   f"    source:   {s.name} ({s.access} access)  {s.homepage}",
                   f"    folder:   {root / s.target}",
                   f"    expects:  {b.expects}",

@@ -122,14 +122,22 @@ def sam_decode(sam, image_embeddings: torch.Tensor, *, boxes: torch.Tensor | Non
     return (hyper[:, None] @ up.flatten(2)).reshape(b, 1, *up.shape[-2:])
 
 
-def prompt_tokens_by_kind(kinds: Sequence[str], encode, *, batch: int, dim: int, like: torch.Tensor) -> torch.Tensor:
-    """Sparse prompt tokens ``(B, 2, D)`` for a batch that mixes prompt kinds row by row: ``encode(kind, rows)``
-    returns the tokens of the rows of one kind (a box: 2 corner tokens; a point: the point and SAM's padding token;
-    PPT: its 2 queries)."""
-    sparse = like.new_zeros(batch, 2, dim)
+def prompt_tokens_by_kind(kinds: Sequence[str], encode, *, batch: int, dim: int, like: torch.Tensor,
+                          pad: torch.Tensor | None = None) -> torch.Tensor:
+    """Sparse prompt tokens ``(B, N, D)`` for a batch that mixes prompt kinds row by row: ``encode(kind, rows)``
+    returns the tokens ``(len(rows), n_kind, D)`` of the rows of one kind (a box: 2 corner tokens; a point: the point
+    and SAM's padding token; PPT: its ``Q`` queries). ``N`` is the largest ``n_kind`` of the batch (2 for SAM's
+    prompts and PPT with ``Q = 2``; ``Q`` for PPT with ``Q = 4`` or ``8``, Table 4); rows with fewer tokens are
+    filled with ``pad`` ``(D,)`` -- SAM's own not-a-point embedding, as SAM pads a point prompt -- or zeros."""
+    encoded = {}
     for kind in dict.fromkeys(kinds):
         rows = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
-        sparse = sparse.index_put((rows,), encode(kind, rows))
+        encoded[kind] = (rows, encode(kind, rows))  # (len(rows), n_kind, D)
+    n = max(tokens.shape[1] for _, tokens in encoded.values())
+    fill = like.new_zeros(dim) if pad is None else pad.reshape(dim).to(like)
+    sparse = fill.expand(batch, n, dim).clone()  # (B, N, D)
+    for rows, tokens in encoded.values():
+        sparse[rows, : tokens.shape[1]] = tokens.to(sparse.dtype)
     return sparse
 
 
@@ -168,7 +176,8 @@ def sam_pretrain_step(sam, batch, *, loss_fn, generator: torch.Generator | None 
             return sam.prompt_encoder(None, pr["boxes"][rows], None)[0]
         return sam.prompt_encoder((pr["points"][rows], pr["points"].new_ones(len(rows), 1)), None, None)[0]
 
-    sparse = prompt_tokens_by_kind(pr["kind"], encode, batch=len(masks), dim=emb.shape[1], like=emb)
+    sparse = prompt_tokens_by_kind(pr["kind"], encode, batch=len(masks), dim=emb.shape[1], like=emb,
+                                   pad=sam.prompt_encoder.not_a_point_embed.weight)
     out = sam_decode(sam, emb, sparse=sparse)
     loss = loss_fn(out, _low_res(masks, out.shape[-1]))
     return {"loss": loss}
@@ -188,7 +197,8 @@ def _prompted(model, batch, kinds: Sequence[str], boxes, points):
             return model.prompt_tokens(emb[rows], points=(points[rows], points.new_ones(len(rows), 1)))
         return model.prompt_tokens(emb[rows], prompt_free=True)
 
-    sparse = prompt_tokens_by_kind(kinds, encode, batch=emb.shape[0], dim=model.config.prompt_dim, like=emb)
+    sparse = prompt_tokens_by_kind(kinds, encode, batch=emb.shape[0], dim=model.config.prompt_dim, like=emb,
+                                   pad=model.sam.prompt_encoder.not_a_point_embed.weight)
     return model.decode(emb, early, sparse=sparse)
 
 
@@ -212,6 +222,9 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
     reference test code), thresholded at 0, and scored per class per image; the classes of an
     image are averaged, then the images.
 
+    Devices: prompts are drawn from the CPU masks, the model inputs (embeddings or images, boxes, points) go to the
+    model's device, and the logits come back to the CPU, where the ground truth is: the metric sees one device.
+
     Returns ``dice`` (float), ``per_class`` ``(len(class_names),)`` (NaN for classes never evaluated) and ``rows``:
     per item its ``image_index``, ``class_index``, ``modality``, ``selected`` token, the expert that every MoTE layer
     chose for that token (``experts``) and the last layer's routing confidence per token (``confidence``,
@@ -230,12 +243,12 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
     g = torch.Generator().manual_seed(seed)
     logits, rows = {}, []
     device = next(iter(model.trainable_parameters())).device
-    for batch in make_loader(data, batch_size):
-        batch = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
+    for batch in make_loader(data, batch_size):  # the loader's tensors are on the CPU
         b = batch["mask"].shape[0]
-        boxes = torch.stack([box_from_mask(batch["mask"][i, 0]) for i in range(b)])
+        boxes = torch.stack([box_from_mask(batch["mask"][i, 0]) for i in range(b)])  # (B, 4), from the CPU masks
         points = torch.stack([point_from_mask(batch["mask"][i, 0], generator=g) for i in range(b)])[:, None]
-        out = _prompted(model, batch, [prompt] * b, boxes, points)
+        inputs = {key: batch[key].to(device) for key in ("emb", "early", "image") if key in batch}  # model inputs
+        out = _prompted(model, inputs, [prompt] * b, boxes.to(device), points.to(device))
         last = out.motes[-1].gate
         conf = last.probs.gather(-1, last.indices[..., :1])[..., 0]
         for i in range(b):
@@ -254,8 +267,10 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
     n_cls = len(tasks.class_names)
     per_image, sums, counts = [], torch.zeros(n_cls, dtype=torch.float64), torch.zeros(n_cls, dtype=torch.float64)
     for group in by_image.values():
-        truth = torch.stack([tasks.original_mask(r["item"]) for r in group])[None].to(device)
-        low = torch.cat([logits[r["item"]] for r in group])
+        # Scored on the CPU: the logits were moved there above, and the ground truth stays where the data set made it
+        # (one device for both; moving only one of them to the model's device crashes on CUDA).
+        truth = torch.stack([tasks.original_mask(r["item"]) for r in group])[None].cpu()  # (1, K, H, W)
+        low = torch.cat([logits[r["item"]] for r in group])  # (K, 1, h, w), CPU
         pred = model.upscale(low, size=tuple(truth.shape[-2:]))[:, 0][None] > 0
         res = per_class_per_image_dice(pred, truth, ignore_background=False)
         per_image.append(float(res["per_image"][0]))
@@ -268,10 +283,17 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
 
 def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any, epochs: int, lr: float,
           batch_size: int, seed: int = 0, run_key: str | None = None, stage: str = "segmote", loss: str = "dice_bce",
-          balance_weight: float = 0.01, lr_milestones: Sequence[int] = (), progress: bool = False,
-          resume: bool = True) -> FitResult:
-    """Train one stage with :func:`medmoe.engine.train_loop` (AdamW at ``lr``, ``epochs`` epochs, batches of
-    ``batch_size`` shuffled with ``seed``).
+          balance_weight: float = 0.01, lr_milestones: Sequence[int] = (), weight_decay: float = 1e-5,
+          progress: bool = False, resume: bool = True) -> FitResult:
+    """Train one stage with :func:`medmoe.engine.train_loop` (AdamW at ``lr`` with ``weight_decay``, ``epochs``
+    epochs, batches of ``batch_size`` shuffled with ``seed``).
+
+    Optimiser of ``stage="segmote"``: AdamW with weight decay ``1e-5``, as the released code (``InMyDreammer/SegMoTE``
+    ``train.py``, ``BaseTrainer.set_optimizer``: ``AdamW(params, lr=args.lr, weight_decay=args.weight_decay)`` with
+    ``--weight_decay`` defaulting to ``1e-5``); the paper says Adam. At ``1e-5`` the decoupled decay of
+    AdamW and Adam's L2 term differ by a negligible amount; torch's default (``0.01``) would not be the code's.
+    ``weight_decay`` applies to that stage only; the quick profile's stand-in pretraining (not a paper setting)
+    keeps AdamW's default.
 
     Stages:
 
@@ -289,8 +311,11 @@ def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any
     under the same ``run_key`` continues from its last epoch (:func:`medmoe.engine.fit`).
 
     Raises:
-        ValueError: an unknown ``stage`` or ``loss``, or ``lr_milestones`` with ``stage="sam_pretrain"``.
+        ValueError: an unknown ``stage`` or ``loss``, ``lr_milestones`` with ``stage="sam_pretrain"``, or a negative
+            ``weight_decay``.
     """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; use one of {STAGES}")
     if loss not in LOSSES:
@@ -308,7 +333,7 @@ def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any
         return train_loop(sam, torch.optim.AdamW(sam.parameters(), lr=lr), train_set,
                           step_fn=lambda m, b: sam_pretrain_step(m, b, loss_fn=loss_fn, generator=generator),
                           config=config, batch_size=batch_size, val_set=val_set)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=weight_decay)  # the code's 1e-5
     milestones = [int(e) for e in lr_milestones]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.5) if milestones else None
     config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume, run_key=run_key,
