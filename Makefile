@@ -13,7 +13,7 @@ REHEARSED = $(shell $(BIN)/medmoe chapters --paths --with-profile rehearsal)
 REHEARSAL_SECONDS ?= 60
 PROFILE  ?= quick
 
-.PHONY: book test install notebooks lint unit nbval rehearsal sync clean help
+.PHONY: book test install notebooks lint unit nbval rehearsal gpu-wheels sync clean help
 help:
 	@echo "make book | make test | make rehearsal | make notebooks PROFILE=quick | make sync | make clean"
 
@@ -74,6 +74,12 @@ rehearsal: $(STAMP)
 	done
 
 test: lint unit nbval rehearsal
+
+# The three pure-Python wheels a bare GPU image (Python 3.12, torch, transformers, accelerate) lacks, for the GPU
+# check in medmoe/benchmarks/paper_steps.py (carry .whl to the machine; it reaches no package index).
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+	  monai==1.6.1 segment-anything==1.0 nibabel==5.4.2
 
 # Keep each notebooks/NN_name.py and its paired .ipynb in step (the .ipynb is committed without outputs).
 sync: $(STAMP)

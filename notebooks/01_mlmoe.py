@@ -34,7 +34,7 @@
 # report carries information the image lacks; three seeds, a small ConvNeXt and the packaged
 # all-MiniLM-L6-v2 text encoder, on a CPU. The `paper` profile runs the same cells with ConvNeXt-Tiny,
 # CXR-BERT, QaTa-COV19 or MosMedData+ and the paper's hyperparameters on a GPU.
-# Where the paper is silent, the book follows the implementation spec's reading and says so
+# Where the paper is silent, the book picks a reading, says which and why
 # (the list is at the end).
 
 # %% tags=["remove-cell"]
@@ -200,8 +200,9 @@ pd.DataFrame(rows).set_index("tensor")
 # %% [markdown]
 # **Parameters.** The trainable parameters of the base model and of MLMoE, in this profile's configuration and in
 # the paper's (ConvNeXt-Tiny + 768-wide text, built with random weights, nothing downloaded). The paper reports
-# 32.7 M for Ariadne's Thread and 36.4 M for MLMoE; the base code's own modules add up to 42.18 M (the spec's
-# analytic count), so the absolute numbers do not reconcile -- the table shows what the code has.
+# 32.7 M for Ariadne's Thread and 36.4 M for MLMoE; the base code's own modules add up to 42.18 M (our
+# analytic count from Ariadne's Thread code, without its two unused projection heads), so the absolute numbers
+# do not reconcile -- the table shows what the code has.
 
 # %%
 counts = []
@@ -380,8 +381,9 @@ print("learned temperatures tau per stage:", [round(t, 3) for t in tau])
 # ## 7. Where this chapter deviates from the paper, and why
 #
 # * **No released code.** Where the experts sit, what the gate sees and where the distillation happens follow the
-#   implementation spec's reading A: one set of experts per guide stage, replacing Ariadne's text projection; a gate
-#   on the mean-pooled text and visual tokens; distillation of each stage's fused feature.
+#   book's reading (our proposal, chosen because it matches Ariadne's code structure and comes close to the paper's
+#   3.7 M extra parameters): one set of experts per guide stage, replacing Ariadne's text projection; a gate on the
+#   mean-pooled text and visual tokens; distillation of each stage's fused feature.
 # * **Loss.** $L_{ce}$ is BCE on the logits (under MONAI 1.0.1 Ariadne's CE term was identically zero; `dice_only=True`
 #   reproduces that). $L_{div}$ is summed over the three stages (unresolved in the paper); the quick profile weighs it
 #   `div_weight` (0.1 in the quick profile; the paper, and the `paper` profile, use 1).

@@ -377,7 +377,9 @@ Markdown(
 #   at this size and budget). Nothing here says how SegMoTE does on top of the real SAM.
 # * **Confidence weighting.** Eq. (5) is a softmax of a single logit, identically 1, and one public version of the
 #   code has exactly that, so its router gets no gradient. The book multiplies the expert output by the softmax over
-#   all experts' (noisy) logits at the chosen expert, so the router learns (the spec's proposal).
+#   all experts' (noisy) logits at the chosen expert, so the router learns (our proposal, neither the paper's nor
+#   the code's; the other public version of the code passes gradient through the same softmax with a
+#   straight-through estimator whose forward value stays 1).
 # * **Balance loss** over batch and tokens, as Eq. (7) writes it (the code sums importance over the batch only).
 # * **Width.** The paper describes SAM-B's 256-wide decoder; the code is built on IMIS-Net's 768-wide decoder. Both
 #   are configurations here (`segmote_paper`, `segmote_paper_imis`; formerly `sam_b`, `imis_like`). The `paper`

@@ -57,7 +57,7 @@ n_seeds = 3
 base_config = "universal_quick"   # medmoe.papers.mome.model.CONFIGS
 mome_config = "mome_quick"
 text_encoder = "minilm"        # minilm | a (C, D) .pth of class embeddings (txt_encoding.pth) | a local CLIP folder
-pretrained = ""                # model_swinvit.pt-format self-supervised Swin weights (MONAI load_from); "" = random
+pretrained = ""                # model_swinvit.pt-format self-supervised Swin weights (MONAI load_from); empty = random init
 dataset = "phantoms"           # phantoms | universal (dataset lists in the Universal Model's layout under data_root)
 data_root = ""                 # universal: the folder the list paths are relative to
 train_list = ""                # universal: e.g. data/universal/universal_train.txt
@@ -196,7 +196,8 @@ params.round(3)
 # labelled foreground and background (MONAI `RandCropByPosNegLabeld`), as the Universal Model does. Both models
 # train the same way (`medmoe.papers.mome.recipe.train`: AdamW, the book's one training loop `medmoe.engine`). The
 # `paper` profile adds the rest of the Universal Model's recipe: the Swin encoder starts from self-supervised
-# weights (`pretrained`, MONAI's `model_swinvit.pt` read by `SwinUNETR.load_from`), the learning rate warms up
+# weights (`pretrained`, MONAI's `model_swinvit.pt` read by `SwinUNETR.load_from`; not the file the Universal
+# Model's README names, see section 6), the learning rate warms up
 # linearly and then decays along a cosine (`schedule="warmup_cosine"`), and the patches are augmented
 # (`augment`: `RandZoomd` on the MSD volumes, `RandRotate90d`, `RandShiftIntensityd`).
 
@@ -367,11 +368,12 @@ Markdown(
 #   CHAOS, LiTS, KiTS, WORD, AbdomenCT-1K, CT-ORG and AbdomenCT-12organ need an account, a request or a conversion
 #   (`--list` says how); their reference lists can be used where the files exist.
 # * **Paper profile's training**: as the Universal Model's `train.py`: AdamW 1e-4, weight decay 1e-5, 2,000 epochs
-#   with 100 of linear warm-up and cosine decay (stepped before each epoch, as there), the self-supervised Swin
-#   weights of MONAI's `model_swinvit.pt` (`SwinUNETR.load_from`; the Universal Model's README names
-#   `swin_unetr.base_5000ep_f48_lr2e-4_pretrained.pt`, the same network's weights in another key layout), its
-#   augmentations, batch 2 patches on one GPU instead of 8 GPUs x 1 volume x 2 crops. One epoch here is one crop per
-#   training volume.
+#   with 100 of linear warm-up and cosine decay (stepped before each epoch, as there), its augmentations, batch 2
+#   patches on one GPU instead of 8 GPUs x 1 volume x 2 crops. One epoch here is one crop per training volume.
+# * **Pretrained weights**: the book starts from MONAI's self-supervised Swin UNETR encoder weights
+#   (`model_swinvit.pt`, loaded with `SwinUNETR.load_from`, encoder only), while the Universal Model's README names
+#   `swin_unetr.base_5000ep_f48_lr2e-4_pretrained.pt`. The book did not verify that the two files hold the same
+#   weights.
 # * **Quick profile**: SwinUNETR with feature size 12, window 4 and group normalisation (the bottleneck of a 32^3
 #   patch is one voxel, which instance normalisation cannot normalise in training), whole 32^3 phantom volumes,
 #   6 classes, 90 steps of batch 2 at lr 3e-3 from random weights, no augmentation, constant learning rate. At this

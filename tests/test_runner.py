@@ -319,12 +319,34 @@ def test_fixtures_placeholder_is_written_and_substituted(tmp_path, monkeypatch):
         materialise_fixtures("nosuchpaper", values, tmp_path / "fx2")
 
 
+# What a rehearsal may change: sizes (counts, epochs, batch, image size, schedule lengths) and the configuration's
+# size; every path it changes must point into its {fixtures}. Anything else (a dataset, a loss, a switch that
+# skips a cell) would rehearse another code path than the paper profile's.
+REHEARSAL_SIZES = {"image_size", "epochs", "patience", "distill_epochs", "warmup_epochs", "batch_size",
+                   "effective_batch", "n_seeds", "distill_prompt_seeds", "holdout", "lr_milestones", "bench_batch"}
+REHEARSAL_CONFIGS = {"config", "base_config", "mome_config", "bench_config"}
+
+
 @pytest.mark.parametrize("card", [c for c in _cards() if "rehearsal" in c.profiles], ids=lambda c: c.name)
 def test_rehearsal_is_the_paper_profile_with_sizes_changed(card):
-    """A rehearsal extends the paper profile: it may change sizes and paths, never the dataset or the protocol."""
+    """A rehearsal extends the paper profile: it changes sizes and paths only, never the data set or the protocol."""
     raw = yaml.safe_load((ROOT / "medmoe" / "papers" / card.name / "card.yaml").read_text())["profiles"]["rehearsal"]
     assert raw.get("extends") == "paper"
-    assert card.profiles["rehearsal"].get("dataset") == card.profiles["paper"].get("dataset")
+    paper, rehearsal = card.profiles["paper"], card.profiles["rehearsal"]
+    bad = []
+    for key, value in rehearsal.items():
+        if paper.get(key, object()) == value:
+            continue
+        if isinstance(value, str) and "{fixtures}" in value:
+            continue
+        if key in REHEARSAL_SIZES:
+            if key == "bench_batch" and not value:
+                bad.append(f"{key}: 0 skips a cell the paper profile runs")
+            continue
+        if key in REHEARSAL_CONFIGS and str(value).endswith("_test"):
+            continue
+        bad.append(f"{key}: paper {paper.get(key, '<notebook default>')!r} -> rehearsal {value!r}")
+    assert not bad, f"medmoe/papers/{card.name}/card.yaml rehearsal changes more than sizes and paths: {bad}"
 
 
 @pytest.mark.parametrize("card", [c for c in _cards() if c.datasets != ["phantoms"]], ids=lambda c: c.name)

@@ -31,7 +31,8 @@ random initialisation  ``"random-bert-base"`` (paper-size BERT, 768-d), ``"rando
 Frozen text encoders are kept in ``eval()`` mode (dropout off) even when the model holding them is put in
 ``train()``. The reference code of both papers instead leaves its frozen BERT in train mode, so its dropout
 (0.25 in CXR-BERT's config) stays active on the text features while training; ``frozen_train_mode=True``
-reproduces that (papers_spec section 5, "Frozen-but-train-mode modules").
+reproduces that (neither Ariadne's Thread's code nor MedMoE's released code calls ``eval()`` on the frozen BERT,
+so it follows its parent module's ``train()``).
 
 Shapes (paper configurations, 224 x 224 input)::
 

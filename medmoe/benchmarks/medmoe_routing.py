@@ -31,7 +31,7 @@ import torch
 
 from medmoe.env import environment
 from medmoe.moe import GateOutput
-from medmoe.papers.medmoe.model import build_model
+from medmoe.papers.medmoe.model import CONFIGS, build_model
 
 
 def spread_gate(batch: int, num_experts: int) -> GateOutput:
@@ -54,8 +54,11 @@ def forward_once(model, images: torch.Tensor, gate: GateOutput) -> float:
 def run(*, batch: int = 8, repeats: int = 5, num_experts: int = 6, config: str = "medmoe_paper", seed: int = 0) -> dict:
     """Time the three variants in interleaved rounds (one pass of each per round, after one warm-up round), so a
     slow-down of the machine hits all of them alike; return the medians, their ratios and the environment."""
+    if config not in CONFIGS:
+        raise ValueError(f"unknown MedMoE config {config!r}; known: {sorted(CONFIGS)}")
     torch.manual_seed(seed)
-    images = torch.rand(batch, 3, 224, 224)
+    size = CONFIGS[config].image_size  # 224 in the paper configuration
+    images = torch.rand(batch, 3, size, size)
     one = build_model(config, num_experts=1).eval()
     many = build_model(config, num_experts=num_experts).eval()
     dense = build_model(config, num_experts=num_experts).eval()

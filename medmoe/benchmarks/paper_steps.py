@@ -39,10 +39,10 @@ an H100, at most 7.5 (the two ``timeout`` s)::
       --out $OUT/paper_steps.json --markdown $OUT/paper_steps.md 2>&1 | tee $OUT/paper_steps.log; \
     timeout 150 python3 -m pytest -m cuda -p no:cacheprovider tests/test_cuda.py 2>&1 | tee $OUT/pytest_cuda.log
 
-(``.whl`` holds ``monai==1.6.1``, ``segment-anything==1.0`` and ``nibabel==5.4.2``, from
-``pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ...``.) With a virtual environment that
-has the package installed, ``python -m medmoe.benchmarks.paper_steps --device cuda`` and ``pytest -m cuda`` are
-enough.
+(``.whl`` holds ``monai==1.6.1``, ``segment-anything==1.0`` and ``nibabel==5.4.2``: ``make gpu-wheels`` downloads
+them with ``pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ...``.) With a virtual
+environment that has the package installed, ``python -m medmoe.benchmarks.paper_steps --device cuda`` and
+``pytest -m cuda`` are enough.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Explained in the book: *Chapter 2, MedMoE* (``chapters/02_medmoe``), sections 2 "The text branch: a frozen BERT
 read GLoRIA's way" and 3 "The architecture, with shapes"; section 8 "Where this chapter deviates from the paper, and
-why" lists the switches below. The layout follows the released code (papers_spec section 2.1); each place where the
-paper's text says something else is a configuration switch, so both readings run:
+why" lists the switches below. The layout follows the released code (``src/models/components/med_moe.py``, ``swin.py``
+and ``vision_encoder.py`` in shivangchopra11/MedMoE); each place where the paper's text says something else is a
+configuration switch, so both readings run:
 
 Image branch (:class:`MedMoE`)
     A Swin-T (:func:`medmoe.backbones.build_swin`, or a pretrained one passed as ``build_model(...,

@@ -12,7 +12,8 @@ four verbs as every paper's recipe:
 * :func:`evaluate` -- image embeddings and routing, zero-shot, linear-probe and retrieval numbers;
 * :func:`count` -- parameter counts (:func:`cost` adds Table 3's FLOPs).
 
-Losses (MedMoE Sec. 4.4-4.6 as the released code computes them, which is GLoRIA's code; papers_spec 2.2):
+Losses (MedMoE Sec. 4.4-4.6 as the released code's ``src/losses.py`` computes them, which is GLoRIA's
+``gloria/loss/gloria_loss.py``):
 
 * global: ``L_global`` (Sec. 4.4, first equation) -- cosine similarity of ``v_g`` and ``t_g`` times
   ``temp3 = 10`` (tau = 0.1) over the batch, cross-entropy over rows *plus* over columns;
@@ -26,11 +27,12 @@ Losses (MedMoE Sec. 4.4-4.6 as the released code computes them, which is GLoRIA'
 * total (Sec. 4.6) as the code weights it: ``0.5 (L_l0 + L_l1) + 0.5 (L_g0 + L_g1) + 2.0 L_aux``, i.e. the paper's
   ``L_global + L_local + lambda L_aux`` with lambda = 4, scaled by 0.5.
 
-Evaluation (absent from the released code; papers_spec 2.4's proposal): zero-shot classification by the cosine
-of ``v_g`` with ``t_g`` of each class prompt (and, beside it, by GLoRIA's local score, :func:`local_similarity`);
-linear probing of a logistic regression on frozen ``v_g`` with a fraction of the training labels; image-report
-retrieval recall@K. The datasets (:class:`~medmoe.papers.medmoe.data.ReportDataset`, the UniMed tables and the
-evaluation sets) live in :mod:`medmoe.papers.medmoe.data` and :mod:`medmoe.papers.medmoe.evalsets`.
+Evaluation (our proposal: the released code's ``src/eval.py`` and ``src/eval_zs.py`` are empty): zero-shot
+classification by the cosine of ``v_g`` with ``t_g`` of each class prompt (and, beside it, by GLoRIA's local score,
+:func:`local_similarity`); linear probing of a logistic regression on frozen ``v_g`` with a fraction of the training
+labels; image-report retrieval recall@K. The datasets (:class:`~medmoe.papers.medmoe.data.ReportDataset`, the
+UniMed tables and the evaluation sets) live in :mod:`medmoe.papers.medmoe.data` and
+:mod:`medmoe.papers.medmoe.evalsets`.
 """
 
 from __future__ import annotations
@@ -211,8 +213,9 @@ def embed_images(model, dataset, *, batch_size: int = 64, keep_local: bool = Fal
 
 def zero_shot_predict(image_global: torch.Tensor, prompt_global: torch.Tensor) -> torch.Tensor:
     """Zero-shot class predictions ``(N,)``: the class whose prompt's ``t_g`` has the largest cosine with ``v_g``
-    (papers_spec 2.4's proposal; the released code has no zero-shot code). ``prompt_global`` is ``(C, D)``, or
-    ``(C, P, D)`` for ``P`` prompts per class, averaged after normalisation as CLIP's prompt ensembles."""
+    (our proposal; the released code's zero-shot script ``src/eval_zs.py`` is empty). ``prompt_global`` is
+    ``(C, D)``, or ``(C, P, D)`` for ``P`` prompts per class, averaged after normalisation as CLIP's prompt
+    ensembles."""
     if prompt_global.ndim == 3:
         prompt_global = F.normalize(prompt_global, dim=-1).mean(1)
     return global_similarity(image_global, prompt_global).argmax(dim=1)
@@ -357,7 +360,7 @@ def build(name: str | MedMoEConfig = "medmoe_paper", *, backbone: nn.Module | No
 
 def load_text_weights(encoder, medclip_checkpoint: str | os.PathLike) -> LoadReport:
     """Initialise the text encoder's BERT from MedCLIP's ``text_model`` weights, as the released code initialises
-    Bio_ClinicalBERT (papers_spec 2.1, text branch); returns the :class:`~medmoe.backbones.LoadReport`.
+    Bio_ClinicalBERT; returns the :class:`~medmoe.backbones.LoadReport`.
 
     ``encoder`` is a :class:`~medmoe.backbones.TextEncoder` built from a local Bio_ClinicalBERT folder (which gives
     the configuration and the tokenizer); its backbone is overwritten by
@@ -371,8 +374,9 @@ def load_text_weights(encoder, medclip_checkpoint: str | os.PathLike) -> LoadRep
 def accumulation_steps(effective_batch: int, batch_size: int, processes: int | None = None) -> int:
     """Gradient accumulation steps that give ``effective_batch`` samples per optimiser step.
 
-    The released code: 32 per GPU x 8 GPUs x 10 accumulation steps = 2,560 per step (papers_spec 2.3; the paper's
-    "global batch size of 256 ... gradient accumulation with 10 steps"). On one GPU at batch 32 that is 80 steps;
+    The released code: 32 per GPU x 8 GPUs x 10 accumulation steps = 2,560 per step
+    (``configs/experiment/pretraining_medmoe.yaml`` and the trainer configs; the paper's "global batch size of 256
+    ... gradient accumulation with 10 steps"). On one GPU at batch 32 that is 80 steps;
     the contrastive negatives stay the 32 of one micro-batch either way (the code does not all-gather).
     ``processes`` defaults to ``WORLD_SIZE`` (set by ``accelerate launch``), else 1.
 

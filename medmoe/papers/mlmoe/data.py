@@ -58,7 +58,7 @@ Each text table (``.xlsx``, or ``.csv``) has exactly the columns ``Image`` and `
 
 **Splits** (``split_policy``). MLMoE says "following previous work, we split the original train set
 into train (80 %) and validation (20 %)"; whether "original train set" means LViT's train table alone
-or LViT's train + validation tables is **unresolved** (papers_spec §1.4). We offer both:
+or LViT's train + validation tables is **unresolved** (the paper does not say). We offer both:
 
 * ``"ariadne_80_20"`` (default, *our reading*): concatenate LViT's Train then Val tables, first 80 %
   of the rows (file order, no shuffling) are ``train``, the last 20 % ``val``, like Ariadne's loader on
@@ -253,7 +253,8 @@ INTERPOLATIONS: tuple[str, str] = ("bilinear", "bicubic")
 """Image resize modes: ``"bilinear"`` (the quick profile) or ``"bicubic"`` (Ariadne's ``Resized(224, bicubic)``)."""
 
 ZOOM_RANGE: tuple[float, float] = (0.95, 1.2)
-"""Ariadne's training augmentation ``RandZoomd(min_zoom=0.95, max_zoom=1.2, prob=0.1)`` (papers_spec 1.1)."""
+"""Ariadne's training augmentation ``RandZoomd(min_zoom=0.95, max_zoom=1.2, prob=0.1)`` (Ariadne's Thread code,
+``utils/dataset.py``)."""
 
 
 def _binarise_mask(grey: np.ndarray, mask_path: Path, mask_threshold: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Tiny inputs in the real formats the ``paper`` profile of Chapter 1 reads, for the ``rehearsal`` profile.
 
 ``medmoe run notebooks/01_mlmoe.py --profile rehearsal`` calls :func:`write_rehearsal_fixtures` with
-``root = <out>/fixtures`` and runs the paper profile's code path on what it writes (issue 12, "Rehearsal"):
+``root = <out>/fixtures`` and runs the paper profile's code path on what it writes:
 
 * ``data/QaTa-COV19-v2/`` -- phantoms in the Ariadne/QaTa-COV19 layout (``Train/Images``, ``Train/GTs/mask_*``,
   ``prompt/{train,test}.csv``), written by :func:`medmoe.papers.mlmoe.data.write_qata_layout` and read by the same
@@ -159,7 +159,7 @@ def write_qata_fixture(root: str | Path, *, n_train: int = 40, n_test: int = 12,
 
     ``region_free_test``: the test reports keep only their first two clauses ("Bilateral pulmonary infection, two
     infected areas."), so no test report names a lung region -- as in data in the QaTa layout annotated otherwise;
-    the chapter's figures must cope with that (issue 12, defect 21)."""
+    the chapter's figures must cope with that."""
     import pandas as pd  # why: rewriting one table of the fixture
 
     root = Path(root)

@@ -7,10 +7,10 @@ every ablation of MLMoE's Table II is a configuration switch:
 * ``num_experts=0`` -- the base model, Ariadne's Thread: each guide-decoder layer projects the text with
   ``text_project`` (Conv1d over tokens, GELU, Linear, LeakyReLU) and fuses it by cross-attention
   (MLMoE Eq. (1): ``f_m = f'_v + LN(MCA(f_t, f'_v))``).
-* ``num_experts=N >= 1`` -- MLMoE (the spec's reading A): ``text_project`` is replaced by N text experts
-  ``f_t^i = ReLU(Conv(f_t W_t^i))`` (Eq. (2)), mixed by a soft gate over pooled text and pooled visual
-  features with a learnable temperature (Eq. (3), :class:`medmoe.moe.SoftGate`) into ``f'_t`` (Eq. (4)),
-  which replaces ``f_t`` in the cross-attention (Eq. (5)).
+* ``num_experts=N >= 1`` -- MLMoE (the book's reading; the paper does not place the experts): ``text_project`` is
+  replaced by N text experts ``f_t^i = ReLU(Conv(f_t W_t^i))`` (Eq. (2)) in each guide stage, mixed by a soft
+  gate over pooled text and pooled visual features with a learnable temperature (Eq. (3),
+  :class:`medmoe.moe.SoftGate`) into ``f'_t`` (Eq. (4)), which replaces ``f_t`` in the cross-attention (Eq. (5)).
   ``gate_temperature=False`` is "w/o tau", ``gate_visual=False`` is "w/o f_v".
 * The text-absent stage (Sec. II-C): a learnable virtual prompt with the text encoder's token shape
   replaces the encoded report, and a bottleneck adapter (no activation, zero-initialised up-projection)

@@ -14,8 +14,8 @@ look at". The same four verbs as every paper's recipe:
 The losses:
 
 * Text-present stage: ``L = L_dice + L_ce + L_div`` (MLMoE Sec. II-B), with the CE term as
-  BCE-with-logits on the pre-sigmoid logits (the spec's reading: under MONAI 1.0.1 Ariadne's CE term was
-  identically zero) and ``L_div`` summed over the three guide stages. ``dice_only=True`` gives the loss
+  BCE-with-logits on the pre-sigmoid logits (the book's reading of the paper's L_ce: under MONAI 1.0.1 Ariadne's CE
+  term was identically zero) and ``L_div`` summed over the three guide stages. ``dice_only=True`` gives the loss
   Ariadne's code effectively optimised.
 * Text-absent stage: ``L_A = L_dice + L_ce + L_dis`` (Sec. II-C, after Eq. (6)), where
   ``L_dis = E_x sum_s ||f_m^s - f^_m^s||_2`` between the fused features of each guide stage with the real

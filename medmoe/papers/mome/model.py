@@ -7,8 +7,8 @@ Only MoME's abstract is public (Rezvani et al., arXiv 2510.26996) and no code. I
 **multi-scale decoder-layer experts**, a text branch of **CLIP embeddings**, and a **text-guided router** that fuses
 the scales **pixel-wise** and yields **class-specific segmentation heads**, trained on 10 partially labelled CT data
 sets (3,410 scans) -- the setting of the CLIP-Driven Universal Model (Liu et al., ICCV 2023), which this module
-builds first and MoME extends (the reconstruction of ``papers_spec.md`` section 3.3; every MoME detail below is an
-assumption and is named as one in the chapter).
+builds first and MoME extends (the book's reconstruction, our proposal; every MoME detail below is an assumption
+and is named as one in the chapter).
 
 **Universal Model** (facts from its code):
 
@@ -227,8 +227,8 @@ class UniversalSeg(nn.Module):
 
     Args:
         config: the :class:`MoMEConfig`.
-        backbone: a MONAI ``SwinUNETR`` to use instead of a freshly built one (e.g. with the self-supervised Swin
-            weights the Universal Model starts from, ``model.load_from(...)``); its feature size, stages and window
+        backbone: a MONAI ``SwinUNETR`` to use instead of a freshly built one (e.g. with self-supervised Swin weights
+            loaded by ``model.load_from(...)``, see :func:`load_self_supervised`); its feature size, stages and window
             must be the configuration's and its input one channel. Its output convolution is replaced by
             ``nn.Identity`` (the Universal Model's heads replace it), in place.
 
@@ -343,7 +343,10 @@ def build_swinunetr(config: MoMEConfig) -> SwinUNETR:
 def load_self_supervised(backbone: SwinUNETR, path: str | os.PathLike[str]) -> SwinUNETR:
     """Load self-supervised Swin UNETR weights into ``backbone``'s Swin transformer with MONAI's
     ``SwinUNETR.load_from`` (patch embedding, every block's attention and MLP, the patch-merging layers; the
-    convolutional encoder and decoder stay as initialised), as the Universal Model starts from them.
+    convolutional encoder and decoder stay as initialised). This is the book's choice of starting weights: the
+    Universal Model also starts from self-supervised Swin UNETR weights, but its README names
+    ``swin_unetr.base_5000ep_f48_lr2e-4_pretrained.pt``, and the book did not verify that this file and MONAI's
+    ``model_swinvit.pt`` hold the same weights.
 
     ``path``: a checkpoint in the format of MONAI's ``model_swinvit.pt`` (Tang et al., CVPR 2022; the Swin UNETR
     BTCV tutorial): a dict whose ``"state_dict"`` holds ``module.patch_embed.proj.weight``,
@@ -393,7 +396,7 @@ def build_model(name: str | MoMEConfig = "mome_paper", *, backbone: nn.Module | 
 
     ``backbone``: a MONAI ``SwinUNETR`` to use instead of a fresh one (see :class:`UniversalSeg`); ``None``
     builds one from the configuration. ``pretrained``: a ``model_swinvit.pt``-format file of self-supervised Swin
-    weights loaded into that fresh backbone (:func:`load_self_supervised`; the Universal Model's start); ``None``
+    weights loaded into that fresh backbone (:func:`load_self_supervised`, the book's choice); ``None``
     or ``""``: random weights.
 
     Raises:

@@ -24,8 +24,9 @@ this file adds only what SegMoTE adds, and keeps every SAM weight frozen:
   model segments without a click or a box.
 
 Confidence weighting. Eq. (5) writes ``G = softmax(c)`` of the single top-1 logit, which is exactly 1 and has zero
-gradient -- one public version of the code does that and its router never learns. Following the spec's
-proposal, the expert output is multiplied by ``p``, the softmax over all ``E`` (noisy) logits taken at the
+gradient -- one public version of the released code's ``segment_anything/modeling/transformer.py`` (commit
+77668f0) does that and its router never learns. The book's choice (our proposal, neither the paper's nor the code's):
+the expert output is multiplied by ``p``, the softmax over all ``E`` (noisy) logits taken at the
 selected expert: the router learns from the segmentation loss through that product and from the balance loss.
 
 Configurations (:data:`CONFIGS`): ``segmote_paper`` -- the paper's text (SAM ViT-B, 256-wide decoder; load

@@ -68,7 +68,7 @@ IMAGE_DIR_NAMES = ("frames", "images", "image", "imgs", "img", "slices", "ct")
 MASK_DIR_NAMES = ("masks", "mask", "labels", "label", "labelcol", "gts", "gt", "ground-truths",
                   "ground_truths", "groundtruths", "lesions", "infection")
 
-#: Row counts reported for LViT's split (papers_spec §1.4, unverified); a difference is reported only.
+#: Row counts of LViT's split as reported for LViT (not verified against its workbooks); a difference is reported only.
 PAPER_COUNTS = {"train": 2183, "val": 273, "test": 273}
 
 _FORMAT = 1
