@@ -123,6 +123,7 @@ FORBIDDEN = {
     "medmoe.metrics": ("medmoe.papers", "medmoe.repro"),
     "medmoe.utils": ("medmoe.papers", "medmoe.repro", "medmoe.data", "medmoe.backbones"),
     "medmoe.viz": ("medmoe.papers", "medmoe.repro"),
+    "medmoe.claims": ("medmoe.papers", "medmoe.repro", "medmoe.data", "medmoe.backbones", "medmoe.engine"),
 }
 
 

@@ -52,7 +52,7 @@ def test_paper_configuration_parameter_count_matches_the_released_code(paper_mod
     assert total == 36_046_598
     assert abs(total / 37e6 - 1) < 0.03  # Table 3: "37M (all experts)"
     assert R.count(m) == {"total": total, "trainable": total, "backbone": 27_519_354, "router": 99_206,
-                          "experts": 6 * 1_404_673, "one_expert": 1_404_673}
+                          "experts": 6 * 1_404_673, "one_expert": 1_404_673, "text_projection": 0}
 
 
 def test_paper_configuration_flops_with_one_expert_active(paper_model):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medmoe.claims import paired_claim
 from medmoe.papers import Card
 from medmoe.papers import cards as _cards
 from medmoe.repro import registry
@@ -247,6 +248,10 @@ def test_primer_runs_end_to_end_with_overrides(tmp_path):
     assert rec["metrics"]["n_experts"] == 3 and rec["metrics"]["seed"] == 2
     assert 0.0 <= rec["metrics"]["nmi[hard + L_aux]"] <= 1.0
     assert rec["environment"]["packages"]["torch"]
+    cells = json.loads((tmp_path / "p" / "notebook.ipynb").read_text())["cells"]
+    tags = [c["metadata"].get("tags", []) for c in cells]
+    assert any({"injected-parameters", "remove-cell"} <= set(t) for t in tags)  # the page hides this machine's paths
+    assert any({"parameters", "hide-input"} <= set(t) for t in tags)  # the knobs stay one click away
 
 
 def test_report_shows_the_quick_profile_analogue(tmp_path):
@@ -323,7 +328,8 @@ def test_fixtures_placeholder_is_written_and_substituted(tmp_path, monkeypatch):
 # size; every path it changes must point into its {fixtures}. Anything else (a dataset, a loss, a switch that
 # skips a cell) would rehearse another code path than the paper profile's.
 REHEARSAL_SIZES = {"image_size", "epochs", "patience", "distill_epochs", "warmup_epochs", "batch_size",
-                   "effective_batch", "n_seeds", "distill_prompt_seeds", "holdout", "lr_milestones", "bench_batch"}
+                   "effective_batch", "n_seeds", "distill_prompt_seeds", "holdout", "lr_milestones", "bench_batch",
+                   "head_epochs", "ablation_seeds"}
 REHEARSAL_CONFIGS = {"config", "base_config", "mome_config", "bench_config"}
 
 
@@ -354,3 +360,51 @@ def test_every_chapter_that_reads_real_data_has_a_rehearsal(card):
     assert "rehearsal" in card.profiles, f"medmoe/papers/{card.name}/card.yaml needs a rehearsal profile"
     values = card.profiles["rehearsal"]
     assert any("{fixtures}" in str(v) for v in values.values()), "a rehearsal reads its {fixtures}, not real data"
+
+
+def test_report_lists_each_chapters_claims_from_its_latest_quick_run(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "q", 0, 0.5, profile="quick")
+    path = runs / "q" / "metrics.json"
+    rec = json.loads(path.read_text())
+    rec["claims"] = [paired_claim(claim="Balance helps.", measure="NMI", seeds=[0, 1, 2],
+                                  treatment=("balanced", [0.5, 0.6, 0.55]), control=("plain", [0.1, 0.12, 0.11]))]
+    path.write_text(json.dumps(rec))
+    reg = [_card([], notebook="00_moe_primer", paper="Primer")]
+    text = registry.render_report(runs_root=runs, papers=reg)
+    row = next(line for line in text.splitlines() if "Balance helps." in line)
+    assert "balanced 0.550" in row and "**supported**" in row
+    assert "no quick run with claims" in registry.render_report(runs_root=tmp_path / "none", papers=reg)
+
+
+@pytest.mark.parametrize("card", _cards(), ids=lambda c: c.name)
+def test_papermill_reads_every_parameter_the_runner_reads(card):
+    """papermill parses the parameters cell with its own regex (a '=' inside a comment defeats it): both must agree,
+    or papermill warns "Passed unknown parameter" and its parameter help is lost."""
+    import jupytext
+    from papermill.translators import PythonTranslator
+
+    nb = jupytext.read(ROOT / card.notebook_path)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert {p.name for p in PythonTranslator.inspect(cell)} == set(notebook_parameters(nb))
+
+
+def test_report_counts_each_papers_cells_by_status(tmp_path):
+    reg = [_card([
+        {"id": "d.a", "table": "T", "row": "r", "column": "a", "paper_value": 0.9, "profile": "paper",
+         "parameters": {"n_experts": 4}, "metric": "score"},
+        {"id": "d.b", "table": "T", "row": "r", "column": "b", "paper_value": 0.9, "profile": "paper",
+         "parameters": {"n_experts": 8}, "metric": "score", "quick": {}},
+        {"id": "d.c", "table": "T", "row": "r", "column": "c", "paper_value": None, "profile": "paper",
+         "parameters": {"n_experts": 8}, "metric": "score"},
+        {"id": "d.d", "table": "T", "row": "r", "column": "d", "paper_value": 1.0, "profile": "paper",
+         "parameters": {"n_experts": 8}, "metric": "score"},
+        {"id": "d.e", "table": "T", "row": "r", "column": "e", "paper_value": 1.0, "profile": "paper",
+         "parameters": {}, "metric": "score", "computed": False, "note": "no training split"},
+    ])]
+    runs = tmp_path / "runs"
+    _fake_run(runs, "p", 0, 0.8, params={"n_experts": 4})
+    _fake_run(runs, "q", 1, 0.5, profile="quick")
+    text = registry.render_report(runs_root=runs, papers=reg)
+    assert "5 cells: 1 reproduced, 1 quick analogue, 1 not run, 1 not public, 1 not computed." in text
+    assert "*not public*: the paper prints no number there" in text

@@ -502,3 +502,109 @@ def test_segmote_stage_uses_the_codes_weight_decay(tmp_path, monkeypatch):
     assert made[-1]["weight_decay"] == 0.0
     with pytest.raises(ValueError, match="weight_decay"):
         R.train(m, data, stage="segmote", out_dir=tmp_path / "c", epochs=1, lr=1e-3, batch_size=4, weight_decay=-1)
+
+
+# ---------------------------------------------------------------- issue 13: router switch, controls, token statistics
+def _phantom_data(m, n=6, modalities=("cxr", "ct", "mri", "us", "derm")):
+    tasks = PhantomSegTasks(PhantomDataset2D(n=n, modalities=modalities, size=64, seed=0, channels=3))
+    return EmbeddingTasks(tasks, cache_embeddings(m, tasks))
+
+
+def test_router_init_switch_and_its_parameter_group(tmp_path, monkeypatch):
+    """The named deviation: a non-zero initial W_g (W_n stays zero) and the routers in their own AdamW group at
+    router_lr_scale x lr; the paper setting is the code's zero init and one group."""
+    assert R.ROUTER_SETTINGS["paper"] == {"router_init_std": 0.0, "router_lr_scale": 1.0}
+    zero, dev_ = _model(), _model(router_init_std=R.ROUTER_SETTINGS["deviation"]["router_init_std"])
+    assert all(float(m.gate.w_gate.detach().abs().sum()) == 0 for m in zero.motes)
+    w = torch.cat([m.gate.w_gate.detach().flatten() for m in dev_.motes])
+    assert 0.05 < float(w.std()) < 0.2 and all(float(m.gate.w_noise.detach().abs().sum()) == 0 for m in dev_.motes)
+    with pytest.raises(ValueError, match="router_init_std"):
+        _model(router_init_std=-1.0)
+    made = []
+    real = torch.optim.AdamW
+
+    def spy(params, **kwargs):
+        made.append((params, kwargs))
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    data = _phantom_data(dev_, n=2, modalities=("derm",))
+    res = R.train(dev_, data, stage="segmote", out_dir=tmp_path / "a", epochs=1, lr=1e-3, batch_size=4,
+                  router_lr_scale=10.0)
+    groups = made[-1][0]
+    routers = {id(p) for m in dev_.motes for p in m.gate.parameters()}
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(1e-2)
+    assert {id(p) for p in groups[1]["params"]} == routers and not routers & {id(p) for p in groups[0]["params"]}
+    assert res.history[0]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="router_lr_scale"):
+        R.train(dev_, data, stage="segmote", out_dir=tmp_path / "b", epochs=1, lr=1e-3, batch_size=4,
+                router_lr_scale=0)
+
+
+def test_router_drift_is_zero_before_training_and_grows_with_it(tmp_path):
+    m = _model(router_init_std=0.1)
+    w0 = R.router_weights(m)
+    assert [d["moved"] for d in R.router_drift(w0, m)] == [0.0] * len(m.motes)
+    R.train(m, _phantom_data(m, n=3), stage="segmote", out_dir=tmp_path / "a", epochs=2, lr=1e-3, batch_size=4,
+            router_lr_scale=10.0)
+    drift = R.router_drift(w0, m)
+    assert all(d["moved"] > 0 and d["initial"] > 0 and d["relative"] > 0 for d in drift)
+    zero = _model()
+    assert np.isnan(R.router_drift(R.router_weights(zero), zero)[0]["relative"])
+
+
+def test_evaluate_scores_every_token_and_group_a_items_like_for_like():
+    m = _model(router_init_std=0.1)
+    data = _phantom_data(m)
+    r = R.evaluate(m, data, prompt="box")
+    for row in r["rows"]:
+        assert len(row["token_dice"]) == m.config.num_expert_tokens
+        assert row["token_dice"][row["selected"]] == pytest.approx(row["dice"], abs=1e-6)  # the same metric
+    ga = R.evaluate(m, data, prompt="point", items="group_a")
+    assert {row["item"] for row in ga["rows"]} == {row["item"] for row in R.evaluate(m, data, prompt="free")["rows"]}
+    assert all(row["group_a"] for row in ga["rows"])
+    with pytest.raises(ValueError, match="items"):
+        R.evaluate(m, data, prompt="box", items="some")
+    m.eval()
+    noisy = R.evaluate(m, data, prompt="box", noisy=True)
+    assert not m.training and len(noisy["rows"]) == len(r["rows"])  # the mode is restored
+
+
+def test_frozen_model_baseline_uses_the_same_items_prompts_and_metric():
+    m = _model()
+    data = _phantom_data(m)
+    own = R.evaluate_standin(m, data, prompt="box")
+    seg = R.evaluate(m, data, prompt="box")
+    assert [r["item"] for r in own["rows"]] == [r["item"] for r in seg["rows"]]
+    k = 0
+    item = data[k]
+    box = R.box_from_mask(item["mask"][0])[None]
+    logits = R.sam_decode(m.sam, item["emb"][None], boxes=box)
+    pred = m.upscale(logits, size=tuple(item["mask"].shape[-2:]))[0, 0] > 0
+    truth = item["mask"][0] > 0.5
+    expected = float(2 * (pred & truth).sum() / (pred.sum() + truth.sum() + 1e-8))
+    assert next(r["dice"] for r in own["rows"] if r["item"] == k) == pytest.approx(expected, abs=1e-5)
+    assert 0 <= R.evaluate_standin(m, data, prompt="point", seed=1)["dice"] <= 1
+    with pytest.raises(ValueError, match="prompt-free"):
+        R.evaluate_standin(m, data, prompt="free")
+
+
+def test_token_statistics():
+    from medmoe.papers.segmote.analysis import (  # why: only these tests use the analysis helpers
+        class_dice,
+        group_dice,
+        nmi_with_null,
+        selection_quality,
+        token_modality_dice,
+    )
+
+    rows = [{"modality": i % 2, "selected": i % 2, "token_dice": [0.9, 0.1] if i % 2 == 0 else [0.2, 0.8],
+             "class_index": i % 2, "dice": 0.5, "group_a": i % 2 == 0} for i in range(20)]
+    assert token_modality_dice(rows, 2).round(2).tolist() == [[0.9, 0.2], [0.1, 0.8]]
+    q = selection_quality(rows)
+    assert q["selected_is_best"] == 1.0 and q["chance_is_best"] == 0.5 and q["dice_best"] == q["dice_selected"]
+    real, null = nmi_with_null([r["selected"] for r in rows], [r["modality"] for r in rows], n_perm=30)
+    assert real == pytest.approx(1.0) and max(null) < real
+    names = ["a/x", "b/y"]
+    assert class_dice(rows, names, ["a/x"], group_a_only=True) == 0.5 and np.isnan(class_dice(rows, names, ["c/z"]))
+    assert group_dice(rows, names, ["a", "b"]) == 0.5

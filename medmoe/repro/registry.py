@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,42 @@ def _reproduced(cell: Cell, runs: list[dict[str, Any]], *, quick: bool = False) 
     return text, f"{len(vals)} seed(s), {device}"
 
 
+STATUSES = ("reproduced", "quick analogue", "not run", "not public", "not computed")
+
+
+def cell_status(cell: Cell, runs: list[dict[str, Any]]) -> str:
+    """One of :data:`STATUSES` for a cell, given the runs of this build (the reproduction page counts them)."""
+    if not cell.computed:
+        return "not computed"
+    if cell.notebook_exists() and matching_runs(cell, runs):
+        return "reproduced"
+    if cell.paper_value is None:
+        return "not public"
+    if cell.notebook_exists() and cell.quick is not None and matching_runs(cell, runs, quick=True):
+        return "quick analogue"
+    return "not run"
+
+
+def _claims_section(runs: list[dict[str, Any]], papers: list[Card] | None) -> list[str]:
+    """Every chapter's claims from its latest successful quick run: the verdicts, side by side."""
+    from medmoe.claims import VERDICT_RULE, claim_sentence  # local: claims needs scipy only for a verdict
+
+    lines = ["## Claims measured in this build", "",
+             "Each chapter tests its paper's mechanism against a paired control (same seeds, same data) in the quick",
+             f"profile. One rule gives every verdict: {VERDICT_RULE}", "",
+             "| chapter | claim and measurement | verdict |", "|---|---|---|"]
+    found = False
+    for card in cards() if papers is None else papers:
+        quick = [r for r in runs if Path(r.get("notebook", "")).stem == card.notebook and r.get("profile") == "quick"
+                 and r.get("status") == "ok"]
+        for rec in (quick[-1].get("claims") or []) if quick else []:
+            found = True
+            lines.append(f"| {card.title} | {claim_sentence(rec).replace('|', '/')} | **{rec['verdict']}** |")
+    if not found:
+        lines.append("| - | no quick run with claims under `runs/` | - |")
+    return lines + [""]
+
+
 def render_report(*, runs_root: str | Path = "runs", papers: list[Card] | None = None) -> str:
     """The book's reproduction page as MyST Markdown: registry cells vs matching runs, then all runs."""
     cells, runs = load_cells(papers), find_runs(runs_root)
@@ -181,10 +218,17 @@ def render_report(*, runs_root: str | Path = "runs", papers: list[Card] | None =
         "measurement in the quick profile on the phantoms: a CPU-scale analogue, not the paper's number.",
         "",
     ]
+    lines += ["**Status of a cell.** *reproduced*: a paper-profile run under `runs/` gives its number.",
+              "*quick analogue*: only the CPU analogue ran (last column). *not run*: nothing ran for it in this",
+              "build (the command is given). *not public*: the paper prints no number there. *not computed*: the",
+              "data the book can get cannot give it (the note says why).", ""]
     for paper in dict.fromkeys(c.paper for c in cells):
-        lines += [f"## {paper}", "", "| table cell | paper | reproduced (paper profile) | quick profile, phantoms |",
-                  "|---|---|---|---|"]
-        for c in (c for c in cells if c.paper == paper):
+        mine = [c for c in cells if c.paper == paper]
+        counts = Counter(cell_status(c, runs) for c in mine)
+        summary = ", ".join(f"{counts[k]} {k}" for k in STATUSES if counts[k])
+        lines += [f"## {paper}", "", f"{len(mine)} cells: {summary}.", "",
+                  "| table cell | paper | reproduced (paper profile) | quick profile, phantoms |", "|---|---|---|---|"]
+        for c in mine:
             value, how = _reproduced(c, runs)
             qvalue, qhow = _reproduced(c, runs, quick=True)
             quick_text = qvalue if qvalue in ("-", "not run") else f"{qvalue} ({qhow})"
@@ -193,6 +237,7 @@ def render_report(*, runs_root: str | Path = "runs", papers: list[Card] | None =
                 f"| {quick_text} |"
             )
         lines.append("")
+    lines += _claims_section(runs, papers)
     lines += ["## Runs in this build", "",
               "Every run found under `runs/`, with its profile, seed, wall time and device.", "",
               "| notebook | profile | seed | overrides | status | wall time (s) | device | metrics |",

@@ -61,6 +61,7 @@ __all__ = [
     "run_key_for",
     "checkpoint_dir",
     "save_results",
+    "tag_for_the_book",
 ]
 
 RESULTS_FILE = "results.json"
@@ -420,6 +421,32 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+# Tags Jupyter Book reads (myst-nb): what the rendered page hides; the downloaded notebook keeps every cell.
+BOOK_TAGS = {"injected-parameters": "remove-cell", "parameters": "hide-input"}
+
+
+def tag_for_the_book(path: str | Path) -> None:
+    """Tag an executed notebook's cells for the rendered page: papermill's injected-parameters cell is removed (it
+    prints this machine's paths), the parameters cell is collapsed behind a toggle (its knobs are what the
+    exercises change). The notebook file itself keeps every cell.
+    """
+    import nbformat  # local: only an executed notebook needs it
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        for marker, tag in BOOK_TAGS.items():
+            if marker in tags and tag not in tags:
+                tags.append(tag)
+                changed = True
+    if changed:
+        tmp = path.with_suffix(".tmp")
+        nbformat.write(nb, tmp)
+        os.replace(tmp, path)
+
+
 def run_notebook(
     notebook: str | Path,
     *,
@@ -498,6 +525,7 @@ def run_notebook(
         _atomic_json(out / METRICS_FILE, record)
         raise RunnerError(f"{notebook} failed with profile '{profile}' (see {out / 'notebook.ipynb'}):\n{e}") from e
     record["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    tag_for_the_book(out / "notebook.ipynb")
     results_path = out / RESULTS_FILE
     if not results_path.is_file():
         record.update(status="failed", error="the notebook did not call medmoe.repro.runner.save_results(run_dir, ...)")

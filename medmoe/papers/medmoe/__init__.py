@@ -19,7 +19,10 @@ Book: *Chapter 2, MedMoE* (``chapters/02_medmoe``). Which file holds the code ea
   profile reads and the paper's table cells; :mod:`~medmoe.papers.medmoe.fixtures` writes the rehearsal's files;
 * :mod:`medmoe.benchmarks.medmoe_routing` -- the timing of hard routing against the released code's dense experts.
 
-Section 8 "Where this chapter deviates from the paper, and why" lists the configuration switches of ``model.py``.
+Section 8 "The claim, the control, the verdict" sets MedMoE against its K = 1 control
+(:func:`~medmoe.papers.medmoe.recipe.routing_specialisation` and :func:`~medmoe.papers.medmoe.recipe.scale_attention`
+measure the routing and the scale weights of section 5); section 9 "Where this chapter deviates from the paper,
+and why" lists the configuration switches of ``model.py``.
 There is no ``prepare.py``: the UniMed tables and the evaluation sets are read as downloaded
 (``python data_scripts/fetch.py --show unimed_captions``).
 """

@@ -49,6 +49,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -67,6 +68,9 @@ __all__ = [
     "RADIMAGENET_MODALITY_FOLDERS",
     "UniMedCaptions",
     "ReportDataset",
+    "LESION_SCALE_BY_MODALITY",
+    "PHANTOM_ANALOGUE",
+    "lesion_scale",
     "modality_from_path",
     "load_image_rgb",
     "write_unimed_fixture",
@@ -551,3 +555,71 @@ class ReportDataset(Dataset):
         r = self.reports
         return {"image": item["image"], "modality": item["modality"], "words": r.words[i],
                 "sentence": r.sentence[i], "cap_len": r.cap_lens[i], "index": i}
+
+
+# --------------------------------------------------------------------------------------------------
+# Phantoms whose lesion scale differs by modality (Chapter 2, section 5b: the scale attention beta)
+# --------------------------------------------------------------------------------------------------
+
+#: Lesion radius per modality, as a fraction of the smaller half-extent of the region it is drawn in (the
+#: phantoms' default is 0.45-0.8 for every modality but dermoscopy, 0.3-0.5). The chapter's phantoms draw small
+#: lesions in X-ray and CT, medium ones in MRI and large ones in ultrasound and dermoscopy, so that the scale at
+#: which a lesion is visible differs by modality -- the situation MedMoE's per-expert scale attention is for.
+LESION_SCALE_BY_MODALITY: dict[str, tuple[float, float]] = {
+    "cxr": (0.3, 0.45),
+    "ct": (0.3, 0.45),
+    "mri": (0.5, 0.7),
+    "us": (0.8, 1.0),
+    "derm": (0.85, 1.0),
+}
+
+
+@contextlib.contextmanager
+def lesion_scale(sizes: dict[str, tuple[float, float]] | None = None):
+    """Draw phantoms with the lesion radius range ``sizes[modality]`` inside the ``with`` block.
+
+    ``sizes`` defaults to :data:`LESION_SCALE_BY_MODALITY`; ``{}`` changes nothing. The phantoms read their
+    radius range per modality when a lesion is drawn (``medmoe.data.phantoms._LESION_SIZE``); this sets it for the
+    block and restores it afterwards, so :class:`~medmoe.data.phantoms.PhantomDataset2D` and
+    :class:`~medmoe.data.phantoms.PhantomFindingSet` built inside it use the ranges (the library's phantoms are
+    unchanged outside it).
+
+    Raises:
+        ValueError: an unknown modality, or a range that is not ``0 < low <= high <= 1.5``.
+
+    Example:
+        >>> from medmoe.data.phantoms import make_phantom_2d
+        >>> with lesion_scale({"us": (1.0, 1.0)}):
+        ...     big = make_phantom_2d(modality="us", seed=0, size=64, lesion_regions=("centre",)).lesion.sum()
+        >>> with lesion_scale({"us": (0.2, 0.2)}):
+        ...     small = make_phantom_2d(modality="us", seed=0, size=64, lesion_regions=("centre",)).lesion.sum()
+        >>> bool(big > 4 * small)
+        True
+    """
+    from medmoe.data import phantoms  # why: the range table is the phantoms' module state, patched for the block
+
+    sizes = dict(LESION_SCALE_BY_MODALITY if sizes is None else sizes)
+    for m, rng in sizes.items():
+        if m not in phantoms._LESION_SIZE:
+            raise ValueError(f"unknown modality {m!r}: use one of {sorted(phantoms._LESION_SIZE)}")
+        lo, hi = (float(v) for v in rng)
+        if not 0 < lo <= hi <= 1.5:
+            raise ValueError(f"lesion scale of {m!r} must satisfy 0 < low <= high <= 1.5, got {rng!r}")
+        sizes[m] = (lo, hi)
+    saved = dict(phantoms._LESION_SIZE)
+    phantoms._LESION_SIZE.update(sizes)
+    try:
+        yield sizes
+    finally:
+        phantoms._LESION_SIZE.clear()
+        phantoms._LESION_SIZE.update(saved)
+
+
+#: The quick profile's analogue of each real evaluation set: the phantom finding set of the same modality. The
+#: quick run saves its numbers under the real set's metric names too, so the reproduction page's "quick profile"
+#: column shows a CPU analogue beside the paper's number (``card.yaml`` notes say which set it is).
+PHANTOM_ANALOGUE: dict[str, str] = {
+    "chexpert_5x200": "cxr", "rsna_pneumonia": "cxr", "thyroid_us": "us", "breast_us": "us", "acl_mri": "mri",
+    "meniscus_mri": "mri", "medimeta_organs_axial": "ct", "medimeta_organs_coronal": "ct",
+    "medimeta_organs_sagittal": "ct",
+}

@@ -1,7 +1,7 @@
 """MedMoE (Chopra et al., 2025): modality-specialised multi-scale experts in a GLoRIA-style vision-language model.
 
 Explained in the book: *Chapter 2, MedMoE* (``chapters/02_medmoe``), sections 2 "The text branch: a frozen BERT
-read GLoRIA's way" and 3 "The architecture, with shapes"; section 8 "Where this chapter deviates from the paper, and
+read GLoRIA's way" and 3 "The architecture, with shapes"; section 9 "Where this chapter deviates from the paper, and
 why" lists the switches below. The layout follows the released code (``src/models/components/med_moe.py``, ``swin.py``
 and ``vision_encoder.py`` in shivangchopra11/MedMoE); each place where the paper's text says something else is a
 configuration switch, so both readings run:
@@ -79,7 +79,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class MedMoEConfig:
     """Everything that defines a MedMoE image branch; configurations are data (see :data:`CONFIGS`).
 
-    Explained in the book: Chapter 2, section 3 "The architecture, with shapes" (and section 8 for the switches).
+    Explained in the book: Chapter 2, section 3 "The architecture, with shapes" (and section 9 for the switches).
 
     Attributes:
         swin: the Swin's configuration name in :data:`medmoe.backbones.SWIN_CONFIGS` (the random Swin that
@@ -94,6 +94,11 @@ class MedMoEConfig:
         align: ``"linear1d"`` (code) or ``"bilinear2d"`` (paper text).
         router_input: ``"image"`` (code, Fig. 2) or ``"text"`` (Sec. 4.3's text).
         aux_on: ``"logits"`` or ``"probs"`` (the code's double softmax; the paper profile).
+        text_projection: a trainable ``D x D`` linear map (no bias, initialised to the identity) applied to the
+            frozen encoder's word features ``T`` and report embedding ``t_g`` before every loss and score
+            (:meth:`MedMoE.project_text`). ``False`` is the released code (no text-side parameters); the quick
+            profile turns it on, as GLoRIA and UniMed-CLIP train their text side, so that reports differing in a
+            few words can be pulled apart (Chapter 2, section 7).
     """
 
     swin: str = "swin-tiny"
@@ -105,6 +110,7 @@ class MedMoEConfig:
     align: str = "linear1d"
     router_input: str = "image"
     aux_on: str = "logits"
+    text_projection: bool = False
 
     def __post_init__(self) -> None:
         if self.swin not in SWIN_CONFIGS:
@@ -255,8 +261,22 @@ class MedMoE(nn.Module):
             for _ in range(config.num_experts))
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        #: the trainable text projection (``config.text_projection``), identity at initialisation; ``None`` without
+        self.text_proj = None
+        if config.text_projection:
+            self.text_proj = nn.Linear(config.width, config.width, bias=False)
+            with torch.no_grad():
+                self.text_proj.weight.copy_(torch.eye(config.width))
         #: run every expert and index the chosen one, as the released code does (same result, K times the cost)
         self.compute_all_experts = False
+
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        """The text side's trainable projection (``config.text_projection``) of word features ``(..., D)`` or report
+        embeddings ``(B, D)``; the identity without it. Linear and bias-free, so the zero padding of ``T`` stays zero
+        and projecting ``t_g`` (the mean of ``T``) equals averaging the projected words."""
+        if self.text_proj is None:
+            return features
+        return self.text_proj(features.to(self.text_proj.weight.dtype))
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1 or 3, H, W)`` in [0, 1] -> resized to ``image_size`` and ImageNet-normalised."""

@@ -27,6 +27,10 @@ Losses (MedMoE Sec. 4.4-4.6 as the released code's ``src/losses.py`` computes th
 * total (Sec. 4.6) as the code weights it: ``0.5 (L_l0 + L_l1) + 0.5 (L_g0 + L_g1) + 2.0 L_aux``, i.e. the paper's
   ``L_global + L_local + lambda L_aux`` with lambda = 4, scaled by 0.5.
 
+Controls (Chapter 2, sections 5 and 8): :func:`routing_specialisation` measures the routing against shuffled
+routing (NMI and Hungarian one-to-one matching), :func:`scale_attention` collects the scale weights beta; with
+``num_experts=1`` the same model and :func:`pretrain_step` are the chapter's K = 1 control (``L_aux`` = 0).
+
 Evaluation (our proposal: the released code's ``src/eval.py`` and ``src/eval_zs.py`` are empty): zero-shot
 classification by the cosine of ``v_g`` with ``t_g`` of each class prompt (and, beside it, by GLoRIA's local score,
 :func:`local_similarity`); linear probing of a logistic regression on frozen ``v_g`` with a fraction of the training
@@ -60,8 +64,8 @@ from medmoe.utils import check_rank, count_parameters, resolve_config
 __all__ = [
     "Temperatures", "LossWeights", "gloria_attention", "global_similarity", "local_similarity",
     "global_contrastive_loss", "local_contrastive_loss", "pretrain_step", "embed_images", "zero_shot_predict",
-    "prompt_class_scores", "linear_probe", "retrieval_recall", "word_attention", "build", "load_text_weights",
-    "accumulation_steps", "train", "evaluate", "count", "cost",
+    "prompt_class_scores", "linear_probe", "retrieval_recall", "word_attention", "routing_specialisation",
+    "scale_attention", "build", "load_text_weights", "accumulation_steps", "train", "evaluate", "count", "cost",
 ]
 
 
@@ -179,11 +183,20 @@ def local_contrastive_loss(local: torch.Tensor, words: torch.Tensor, cap_lens: t
 
 def pretrain_step(model, batch, *, weights: LossWeights = LossWeights(), temps: Temperatures = Temperatures()
                   ) -> dict[str, torch.Tensor]:
-    """One MedMoE pretraining step (Sec. 4.6): global + local + auxiliary losses, weighted as the code."""
-    out = model(batch["image"], text_global=batch["sentence"])
-    g0, g1 = global_contrastive_loss(out.global_, batch["sentence"], temps.temp3)
-    l0, l1 = local_contrastive_loss(out.local, batch["words"], batch["cap_len"], temps)
-    aux = model.aux_loss(out.gate, batch["modality"])
+    """One MedMoE pretraining step (Sec. 4.6): global + local + auxiliary losses, weighted as the code.
+
+    The report features go through :meth:`~medmoe.papers.medmoe.model.MedMoE.project_text` (the identity unless
+    the configuration has a text projection). With one expert (``K = 1``, the chapter's control) there is nothing
+    to route: ``L_aux`` is 0 (a cross-entropy over one class) and the modality labels are not read.
+    """
+    sentence, words = model.project_text(batch["sentence"]), model.project_text(batch["words"])
+    out = model(batch["image"], text_global=sentence)
+    g0, g1 = global_contrastive_loss(out.global_, sentence, temps.temp3)
+    l0, l1 = local_contrastive_loss(out.local, words, batch["cap_len"], temps)
+    if model.config.num_experts == 1:
+        aux = out.global_.new_zeros(())
+    else:
+        aux = model.aux_loss(out.gate, batch["modality"])
     loss = weights.local * (l0 + l1) + weights.global_ * (g0 + g1) + weights.aux * aux
     agree = (out.gate.indices[:, 0] == batch["modality"]).float().mean()
     return {"loss": loss, "global": (g0 + g1).detach(), "local": (l0 + l1).detach(), "aux": aux.detach(),
@@ -311,11 +324,83 @@ def word_attention(model, image: torch.Tensor, report, *, index: int = 0,
     emb = model(image[None].to(device))
     model.train(was)
     n = int(report.cap_lens[index])
-    words = report.words[index, 1:n + 1][None].to(device)
+    words = model.project_text(report.words[index, 1:n + 1][None].to(device))
     _, attn = gloria_attention(words, emb.local, temps.temp1)
     names = report.words_text[index][1:n + 1]
     keep = [i for i, w in enumerate(names) if w != "[SEP]"]
     return [names[i] for i in keep], attn[0, keep].cpu(), int(emb.gate.indices[0, 0])
+
+
+def routing_specialisation(expert: torch.Tensor, modality: torch.Tensor, *, num_experts: int,
+                           num_modalities: int | None = None, n_perm: int = 200, seed: int = 0) -> dict[str, Any]:
+    """How much of the modality the router's choice carries, against chance (Chapter 2, section 5).
+
+    * ``nmi``: :func:`medmoe.moe.normalized_mutual_information` of expert and modality, and ``nmi_null``: the same
+      for the routing decisions shuffled over the images ``n_perm`` times (same expert counts, so a router that
+      sends everything to one expert scores 0 in both);
+    * ``matched``: one-to-one matching accuracy -- the Hungarian assignment
+      (``scipy.optimize.linear_sum_assignment``) of experts to modalities that covers the most images, divided by
+      the number of images; ``matched_null`` under the same shuffles. A router that sends every image to one
+      expert scores ``1 / #modalities`` at most, unlike "the share sent to each modality's most frequent expert".
+
+    Example:
+        >>> e = torch.tensor([2, 0, 1] * 10); m = torch.tensor([0, 1, 2] * 10)
+        >>> r = routing_specialisation(e, m, num_experts=3, n_perm=20)
+        >>> round(r["nmi"], 3), r["matched"], r["matched_null_mean"] < 0.6
+        (1.0, 1.0, True)
+        >>> routing_specialisation(torch.zeros(30, dtype=torch.long), m, num_experts=3, n_perm=5)["matched"]
+        0.3333333333333333
+    """
+    from scipy.optimize import linear_sum_assignment  # why: scipy is heavy and only this measure needs it
+
+    expert, modality = torch.as_tensor(expert).reshape(-1), torch.as_tensor(modality).reshape(-1)
+    if expert.numel() != modality.numel() or expert.numel() == 0:
+        raise ValueError(f"expert and modality must label the same (non-zero) number of images, got "
+                         f"{expert.numel()} and {modality.numel()}")
+    n_mod = int(modality.max()) + 1 if num_modalities is None else num_modalities
+
+    def matched(e: torch.Tensor) -> float:
+        table = contingency(modality, e, num_a=n_mod, num_b=num_experts).numpy()
+        rows, cols = linear_sum_assignment(table, maximize=True)
+        return float(table[rows, cols].sum() / table.sum())
+
+    g = torch.Generator().manual_seed(seed)
+    perms = [expert[torch.randperm(expert.numel(), generator=g)] for _ in range(n_perm)]
+    nmi_null = [float(normalized_mutual_information(e, modality)) for e in perms]
+    matched_null = [matched(e) for e in perms]
+    return {"nmi": float(normalized_mutual_information(expert, modality)), "nmi_null": nmi_null,
+            "nmi_null_mean": float(np.mean(nmi_null)), "nmi_null_p95": float(np.percentile(nmi_null, 95)),
+            "matched": matched(expert), "matched_null": matched_null,
+            "matched_null_mean": float(np.mean(matched_null)),
+            "matched_null_p95": float(np.percentile(matched_null, 95))}
+
+
+@torch.no_grad()
+def scale_attention(model: MedMoE, dataset: Any, *, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """The scale weights beta of the chosen expert (Sec. 4.3, ``beta_k^(l)``), per image (Chapter 2, section 5b).
+
+    Returns ``beta (N, L)`` (the mean over the ``H/4 x W/4`` locations), ``expert (N,)``, ``modality (N,)`` and,
+    when the items carry a lesion ``mask (1, H, W)``, ``beta_lesion (N, L)`` and ``beta_background (N, L)``: the mean
+    over the locations whose ``H/4`` cell holds a lesion pixel, and over the others (NaN where there is none).
+    """
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, list] = {"beta": [], "expert": [], "modality": [], "beta_lesion": [], "beta_background": []}
+    for batch in make_loader(dataset, batch_size):
+        emb = model(batch["image"].to(device))
+        beta = emb.scale_weights.cpu()  # (B, P0, L)
+        out["beta"].append(beta.mean(1))
+        out["expert"].append(emb.gate.indices[:, 0].cpu())
+        out["modality"].append(torch.as_tensor(batch["modality"]))
+        if "mask" in batch:
+            side = emb.local.shape[-1]
+            cell = F.adaptive_max_pool2d(batch["mask"].float(), side).flatten(1) > 0  # (B, P0)
+            for key, sel in (("beta_lesion", cell), ("beta_background", ~cell)):
+                w = sel.float()[..., None]
+                out[key].append((beta * w).sum(1) / w.sum(1))  # NaN for an image without such locations
+    model.train(was)
+    return {k: torch.cat(v) for k, v in out.items() if v}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -450,7 +535,9 @@ def evaluate(model: MedMoE, data: Any, *, batch_size: int = 64, prompts: ReportE
         allow: ``router_agreement`` (the share of images sent to their modality's most frequent expert) and
         ``router_nmi`` (:func:`medmoe.moe.normalized_mutual_information` of expert and modality);
         ``zero_shot_global`` and ``zero_shot_local`` (accuracies by :func:`global_similarity` and GLoRIA's
-        :func:`local_similarity`); ``linear_probe`` (``{fraction: accuracy}``); ``retrieval`` (recall@K).
+        :func:`local_similarity`) and the predictions behind them (``zero_shot_global_pred``,
+        ``zero_shot_local_pred``, for a label-permutation baseline); ``linear_probe`` (``{fraction: accuracy}``);
+        ``retrieval`` (recall@K).
 
     Raises:
         ValueError: prompts or a probe for items without ``label``.
@@ -466,12 +553,14 @@ def evaluate(model: MedMoE, data: Any, *, batch_size: int = 64, prompts: ReportE
     if prompts is not None:
         owner = torch.arange(len(prompts.sentence)) if prompt_class is None else torch.as_tensor(prompt_class)
         device = next(model.parameters()).device
-        sims = {"global": global_similarity(emb["global"], prompts.sentence.to(emb["global"])),
-                "local": local_similarity(emb["local"].to(device), prompts.words.to(device), prompts.cap_lens,
-                                          temps).cpu()}
+        p_sentence = model.project_text(prompts.sentence.to(device)).cpu()
+        p_words = model.project_text(prompts.words.to(device))
+        sims = {"global": global_similarity(emb["global"], p_sentence.to(emb["global"])),
+                "local": local_similarity(emb["local"].to(device), p_words, prompts.cap_lens, temps).cpu()}
         for name, sim in sims.items():
             pred = prompt_class_scores(sim, owner).argmax(1)
             out[f"zero_shot_{name}"] = float((pred == emb["label"]).float().mean())
+            out[f"zero_shot_{name}_pred"] = pred
         if not keep_local:
             del out["local"]
     if probe_train is not None:
@@ -481,7 +570,8 @@ def evaluate(model: MedMoE, data: Any, *, batch_size: int = 64, prompts: ReportE
     if reports is None and isinstance(data, ReportDataset):
         reports = data.reports
     if reports is not None:
-        sim = global_similarity(emb["global"], reports.sentence.to(emb["global"]))
+        device = next(model.parameters()).device
+        sim = global_similarity(emb["global"], model.project_text(reports.sentence.to(device)).cpu())
         out["retrieval"] = retrieval_recall(sim, ks=ks, groups=groups)
     return out
 
@@ -497,7 +587,8 @@ def count(model: MedMoE) -> dict[str, int]:
     """
     return {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True),
             "backbone": count_parameters(model.backbone), "router": count_parameters(model.router),
-            "experts": count_parameters(model.experts), "one_expert": count_parameters(model.experts[0])}
+            "experts": count_parameters(model.experts), "one_expert": count_parameters(model.experts[0]),
+            "text_projection": count_parameters(model.text_proj) if model.text_proj is not None else 0}
 
 
 @torch.no_grad()

@@ -977,7 +977,8 @@ class TextFeatureDataset(Dataset):
 
     The features are computed once (``features`` ``(len(dataset), T, D)``, e.g. from
     :func:`medmoe.backbones.encode_cached`; :func:`with_text` does both), never per epoch. Items gain
-    ``text_features (T, D)``.
+    ``text_features (T, D)``, and ``text_mask (T,)`` (the tokenizer's attention mask, 1 = real token) when
+    ``masks`` is given.
 
     Example:
         >>> ds = TextFeatureDataset([{"image": torch.zeros(1, 4, 4)}], torch.ones(1, 3, 2))
@@ -985,22 +986,28 @@ class TextFeatureDataset(Dataset):
         torch.Size([3, 2])
     """
 
-    def __init__(self, dataset: Dataset, features: torch.Tensor) -> None:
+    def __init__(self, dataset: Dataset, features: torch.Tensor, masks: torch.Tensor | None = None) -> None:
         if len(features) != len(dataset):
             raise ValueError(f"features has {len(features)} rows for a dataset of {len(dataset)} items")
-        self.dataset, self.features = dataset, features
+        if masks is not None and tuple(masks.shape) != tuple(features.shape[:2]):
+            raise ValueError(f"masks must have shape {tuple(features.shape[:2])}, got {tuple(masks.shape)}")
+        self.dataset, self.features, self.masks = dataset, features, masks
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict:
-        return {**self.dataset[i], "text_features": self.features[i]}
+        item = {**self.dataset[i], "text_features": self.features[i]}
+        if self.masks is not None:
+            item["text_mask"] = self.masks[i]
+        return item
 
 
 def with_text(dataset: Dataset, encoder: TextEncoder) -> TextFeatureDataset:
     """Attach the frozen text encoder's features of every report (``dataset.texts``, encoded once and cached by
-    :func:`medmoe.backbones.encode_cached`)."""
-    return TextFeatureDataset(dataset, encode_cached(encoder, list(dataset.texts)).hidden)
+    :func:`medmoe.backbones.encode_cached`) and their attention masks (``text_mask``, for the gate's pooling)."""
+    f = encode_cached(encoder, list(dataset.texts))
+    return TextFeatureDataset(dataset, f.hidden, f.mask)
 
 
 class TeacherDataset(Dataset):

@@ -12,6 +12,11 @@ every ablation of MLMoE's Table II is a configuration switch:
   gate over pooled text and pooled visual features with a learnable temperature (Eq. (3),
   :class:`medmoe.moe.SoftGate`) into ``f'_t`` (Eq. (4)), which replaces ``f_t`` in the cross-attention (Eq. (5)).
   ``gate_temperature=False`` is "w/o tau", ``gate_visual=False`` is "w/o f_v".
+* What the gate reads of the text (the paper says "the text features", not how they are pooled): the book's
+  reading ``gate_text_pool="real_tokens"`` averages the text tokens over the report's real tokens only, with the
+  tokenizer's attention mask (``text_mask``); ``"all_tokens"`` averages all ``T`` positions, padding included (the
+  chapter's earlier reading, under which a short report's pooled feature is mostly padding). Without a
+  ``text_mask`` (the virtual prompt, a unit test) both readings average all positions.
 * The text-absent stage (Sec. II-C): a learnable virtual prompt with the text encoder's token shape
   replaces the encoded report, and a bottleneck adapter (no activation, zero-initialised up-projection)
   refines the fused feature of each stage; calling the model with ``text=None`` takes this path, so the
@@ -55,6 +60,8 @@ __all__ = [
     "GuideDecoderLayer",
     "TextGuidedSegmenter",
     "SegOutput",
+    "GATE_TEXT_POOLS",
+    "pool_text",
 ]
 
 
@@ -77,6 +84,8 @@ class AriadneConfig:
         gate_temperature: MLMoE's learnable tau (False = "w/o tau").
         gate_visual: the gate sees pooled visual features too (False = "w/o f_v").
         adapter_dim: bottleneck width of the text-absent adapters.
+        gate_text_pool: how the gate pools the text tokens: ``"real_tokens"`` (the book's reading: a mean over
+            the tokens the attention mask marks as real) or ``"all_tokens"`` (padding included).
     """
 
     encoder: str = "convnext-tiny"
@@ -90,6 +99,27 @@ class AriadneConfig:
     gate_temperature: bool = True
     gate_visual: bool = True
     adapter_dim: int = 8
+    gate_text_pool: str = "real_tokens"
+
+
+GATE_TEXT_POOLS = ("real_tokens", "all_tokens")
+"""The gate's readings of the text (:attr:`AriadneConfig.gate_text_pool`)."""
+
+
+def pool_text(txt: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the text tokens ``(B, T, D) -> (B, D)``, over the real tokens only when ``text_mask (B, T)`` (1 =
+    real token, 0 = padding) is given; a row with no real token falls back to the mean over all positions.
+
+    Example:
+        >>> t = torch.tensor([[[1.0], [3.0], [0.0]]])
+        >>> pool_text(t).item(), pool_text(t, torch.tensor([[1, 1, 0]])).item()
+        (1.3333333730697632, 2.0)
+    """
+    if text_mask is None:
+        return txt.mean(1)
+    m = text_mask.to(txt.dtype)[..., None]
+    n = m.sum(1)
+    return torch.where(n > 0, (txt * m).sum(1) / n.clamp(min=1), txt.mean(1))
 
 
 CONFIGS: dict[str, AriadneConfig] = {
@@ -196,8 +226,12 @@ class GuideDecoderLayer(nn.Module):
     """
 
     def __init__(self, *, width: int, text_in_len: int, text_out_len: int, text_width: int, num_experts: int,
-                 gate_temperature: bool = True, gate_visual: bool = True, adapter_dim: int = 8) -> None:
+                 gate_temperature: bool = True, gate_visual: bool = True, adapter_dim: int = 8,
+                 gate_text_pool: str = "real_tokens") -> None:
         super().__init__()
+        if gate_text_pool not in GATE_TEXT_POOLS:
+            raise ValueError(f"gate_text_pool must be one of {GATE_TEXT_POOLS}, got {gate_text_pool!r}")
+        self.gate_text_pool = gate_text_pool
         if width % 4:
             raise ValueError(f"width must be divisible by the 4 cross-attention heads, got {width}")
         self.num_experts, self.gate_visual = num_experts, gate_visual
@@ -219,19 +253,23 @@ class GuideDecoderLayer(nn.Module):
         self.scale = nn.Parameter(torch.tensor(1.421))
         self.adapter = Adapter(width=width, hidden=adapter_dim)
 
-    def project_text(self, vis: torch.Tensor, txt: torch.Tensor) -> tuple[torch.Tensor, GateOutput | None]:
-        """``f'_t``: Ariadne's projection, or the gate-weighted mixture of the text experts (Eq. (2)-(4))."""
+    def project_text(self, vis: torch.Tensor, txt: torch.Tensor, text_mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, GateOutput | None]:
+        """``f'_t``: Ariadne's projection, or the gate-weighted mixture of the text experts (Eq. (2)-(4)); the gate
+        pools the text as :attr:`AriadneConfig.gate_text_pool` says (``text_mask``: ``(B, T)``, 1 = real token)."""
         if self.num_experts == 0:
             return self.text_project(txt), None
-        gate_in = (txt.mean(1), vis.mean(1)) if self.gate_visual else (txt.mean(1),)
+        pooled = pool_text(txt, text_mask if self.gate_text_pool == "real_tokens" else None)
+        gate_in = (pooled, vis.mean(1)) if self.gate_visual else (pooled,)
         g = self.gate(*gate_in)
         return torch.einsum("bn,bnlc->blc", g.weights, self.experts(txt)), g
 
-    def forward(self, vis: torch.Tensor, txt: torch.Tensor, *, adapter: bool = False):
+    def forward(self, vis: torch.Tensor, txt: torch.Tensor, *, adapter: bool = False,
+                text_mask: torch.Tensor | None = None):
         pe_v = sinusoidal_encoding(vis.shape[1], vis.shape[2], device=vis.device, dtype=vis.dtype)
         v2 = self.norm1(vis)
         vis = vis + self.self_attn_norm(self.self_attn(v2 + pe_v, v2 + pe_v, v2, need_weights=False)[0])
-        t, g = self.project_text(vis, txt)
+        t, g = self.project_text(vis, txt, text_mask)
         pe_t = sinusoidal_encoding(t.shape[1], t.shape[2], device=t.device, dtype=t.dtype)
         v2 = self.norm2(vis)
         fused = vis + self.scale * self.cross_attn_norm(self.cross_attn(v2 + pe_v, t + pe_t, t, need_weights=False)[0])
@@ -280,7 +318,7 @@ class TextGuidedSegmenter(nn.Module):
         self.text_proj = nn.Identity() if same_width else nn.Linear(config.text_in_width, config.text_width)
         layer = dict(text_in_len=config.text_len, text_width=config.text_width, num_experts=config.num_experts,
                      gate_temperature=config.gate_temperature, gate_visual=config.gate_visual,
-                     adapter_dim=config.adapter_dim)
+                     adapter_dim=config.adapter_dim, gate_text_pool=config.gate_text_pool)
         self.guides = nn.ModuleList(
             GuideDecoderLayer(width=w, text_out_len=n, **layer) for w, n in zip((c4, c3, c2), config.stage_text_lens)
         )
@@ -311,8 +349,12 @@ class TextGuidedSegmenter(nn.Module):
         return list(out.hidden_states[1:])
 
     def forward_head(self, feats: list[torch.Tensor], text: torch.Tensor | None, *,
-                     adapter: bool | None = None) -> SegOutput:
+                     adapter: bool | None = None, text_mask: torch.Tensor | None = None) -> SegOutput:
         """The decoder on the encoder maps ``feats`` and ``text (B, T, D_text)`` (``None``: the virtual prompt).
+
+        ``text_mask``: ``(B, T)``, 1 for the report's real tokens and 0 for padding (the tokenizer's attention mask);
+        the gates pool the text over the real tokens with it (:attr:`AriadneConfig.gate_text_pool`). Ignored with
+        the virtual prompt, whose every token is learned.
 
         ``adapter``: run the text-absent adapters; ``None`` runs them exactly when ``text is None``. ``True`` with a
         ``text`` is the fixed-prompt protocol of Table IV as the book reads it (a fixed prompt's features as the
@@ -321,18 +363,20 @@ class TextGuidedSegmenter(nn.Module):
         b = feats[0].shape[0]
         adapter = text is None if adapter is None else bool(adapter)
         if text is None:  # text-absent: the virtual prompt stands in for the encoded report
-            text = self.virtual_prompt.expand(b, -1, -1)
+            text, text_mask = self.virtual_prompt.expand(b, -1, -1), None
         else:
             check_rank(text, 3, "text features")
             want = (b, self.config.text_len, self.config.text_in_width)
             if tuple(text.shape) != want:
                 raise ValueError(f"text features must have shape {want} (batch, tokens, width), "
                                  f"got {tuple(text.shape)}")
+            if text_mask is not None and tuple(text_mask.shape) != want[:2]:
+                raise ValueError(f"text_mask must have shape {want[:2]} (batch, tokens), got {tuple(text_mask.shape)}")
         txt = self.text_proj(text)
         x, gates, fused = feats[3], [], []
         for guide, up, skip in zip(self.guides, self.ups, (feats[2], feats[1], feats[0])):
             h, w = x.shape[-2:]
-            tokens, g = guide(x.flatten(2).transpose(1, 2), txt, adapter=adapter)
+            tokens, g = guide(x.flatten(2).transpose(1, 2), txt, adapter=adapter, text_mask=text_mask)
             fused.append(tokens)
             if g is not None:
                 gates.append(g)
@@ -340,10 +384,10 @@ class TextGuidedSegmenter(nn.Module):
         return SegOutput(self.head(x), gates, fused)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor | None = None, *,
-                adapter: bool | None = None) -> SegOutput:
+                adapter: bool | None = None, text_mask: torch.Tensor | None = None) -> SegOutput:
         """``image (B, 1|3, H, W)``, ``text (B, T, D_text)`` encoded report, or ``None`` for the text-absent path;
-        ``adapter`` as in :meth:`forward_head`."""
-        return self.forward_head(self.forward_features(image), text, adapter=adapter)
+        ``adapter`` and ``text_mask`` (``(B, T)``, 1 = real token) as in :meth:`forward_head`."""
+        return self.forward_head(self.forward_features(image), text, adapter=adapter, text_mask=text_mask)
 
     # ------------------------------------------------------------------ the text-absent stage
     def adapter_parameters(self) -> list[nn.Parameter]:

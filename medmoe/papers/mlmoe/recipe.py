@@ -41,18 +41,20 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
-from medmoe.backbones import TextEncoder, build_convnext
+from medmoe.backbones import TextEncoder, build_convnext, encode_cached
 from medmoe.engine import FitResult, TrainConfig, make_loader, train_loop
 from medmoe.metrics import GlobalDiceIoU, PerImageDice
-from medmoe.moe import diversity_loss
+from medmoe.moe import diversity_loss, nmi_permutation_baseline, normalized_mutual_information
 from medmoe.papers.mlmoe.data import TeacherDataset
-from medmoe.papers.mlmoe.model import CONFIGS, AriadneConfig, TextGuidedSegmenter, build_model
+from medmoe.papers.mlmoe.model import CONFIGS, AriadneConfig, TextGuidedSegmenter, build_model, pool_text
 from medmoe.utils import count_parameters, resolve_config
 
 __all__ = [
     "STAGES", "build", "train", "evaluate", "evaluate_texts", "count",
     "SegLoss", "text_present_step", "teacher_features", "distillation_loss", "distillation_step",
     "expert_word_attribution", "LUNG_REGIONS", "gate_by_phrase",
+    "reword_report", "report_attributes", "gate_text_sensitivity", "gate_attribute_nmi",
+    "expert_word_gradient_x_input",
 ]
 
 STAGES = ("text_present", "text_absent")
@@ -93,8 +95,9 @@ class SegLoss(nn.Module):
 
 
 def text_present_step(model, batch, *, seg_loss: SegLoss, div_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """One stage-1 step: ``L = L_seg + div_weight * sum_s L_div(g_s)``. ``batch``: image, mask, text_features."""
-    out = model(batch["image"], batch["text_features"])
+    """One stage-1 step: ``L = L_seg + div_weight * sum_s L_div(g_s)``. ``batch``: image, mask, text_features
+    (and ``text_mask``, the reports' attention masks, when the dataset has them)."""
+    out = model(batch["image"], batch["text_features"], text_mask=batch.get("text_mask"))
     seg = seg_loss(out.logits, batch["mask"])
     div = sum((diversity_loss(g.probs) for g in out.gates), seg.new_zeros(()))
     return {"loss": seg + div_weight * div, "seg": seg.detach(), "div": div.detach()}
@@ -122,14 +125,24 @@ def teacher_features(model, dataset, *, batch_size: int = 64) -> list[torch.Tens
     device = next(model.parameters()).device
     stages: list[list[torch.Tensor]] = []
     for batch in make_loader(dataset, batch_size):
-        fused = model(batch["image"].to(device), batch["text_features"].to(device)).fused
+        mask = batch.get("text_mask")
+        fused = model(batch["image"].to(device), batch["text_features"].to(device),
+                      text_mask=None if mask is None else mask.to(device)).fused
         stages.append([f.cpu() for f in fused])
     model.train(was_training)
     return [torch.cat(s) for s in zip(*stages)]
 
 
+def _fixed_prompt(prompt, batch: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A fixed prompt -- ``(T, D)`` features, or ``((T, D) features, (T,) attention mask)`` -- for a batch."""
+    feats, mask = prompt if isinstance(prompt, tuple) else (prompt, None)
+    feats = feats.to(device).expand(batch, -1, -1)
+    return feats, None if mask is None else mask.to(device).expand(batch, -1)
+
+
 def distillation_step(model, batch, *, seg_loss: SegLoss, dis_weight: float = 1.0,
-                      prompt: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                      prompt: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> dict[str, torch.Tensor]:
     """One stage-2 step: teacher = the frozen model with the report; student = the same model with the virtual
     prompt and the adapters (``text=None``), or with the fixed ``prompt``'s features ``(T, D)`` and the adapters
     (the fixed-prompt protocol of Table IV). ``L_A = L_seg(student) + dis_weight * L_dis`` (Sec. II-C, after
@@ -139,12 +152,12 @@ def distillation_step(model, batch, *, seg_loss: SegLoss, dis_weight: float = 1.
         teacher = batch["teacher"]
     else:
         with torch.no_grad():
-            teacher = model(batch["image"], batch["text_features"]).fused
+            teacher = model(batch["image"], batch["text_features"], text_mask=batch.get("text_mask")).fused
     if prompt is None:
         out = model(batch["image"], None)
     else:  # the fixed prompt (T, D) -> (B, T, D) in place of the virtual prompt, adapters on
-        feats = prompt.to(batch["image"].device).expand(batch["image"].shape[0], -1, -1)
-        out = model(batch["image"], feats, adapter=True)
+        feats, mask = _fixed_prompt(prompt, batch["image"].shape[0], batch["image"].device)
+        out = model(batch["image"], feats, adapter=True, text_mask=mask)
     seg = seg_loss(out.logits, batch["mask"])
     dis = distillation_loss([t.detach() for t in teacher], out.fused)
     return {"loss": seg + dis_weight * dis, "seg": seg.detach(), "dis": dis.detach()}
@@ -155,7 +168,8 @@ def train(model: TextGuidedSegmenter, train_set: Any, val_set: Any = None, *, st
           out_dir: Any, epochs: int, lr: float, batch_size: int, seed: int = 0, run_key: str | None = None,
           div_weight: float = 1.0, dis_weight: float = 1.0, adapters: bool = True, dice_only: bool = False,
           weight_decay: float = 0.01, patience: int | None = None, progress: bool = False,
-          resume: bool = True, distill_prompt: torch.Tensor | None = None) -> FitResult:
+          resume: bool = True, distill_prompt: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
+          ) -> FitResult:
     """Train one stage with :func:`medmoe.engine.train_loop`; the best checkpoint (lowest ``val_seg``, the
     segmentation loss without ``L_div`` / ``L_dis``; ``train_seg`` without ``val_set``) is kept in
     ``out_dir/best`` (load it with :func:`medmoe.engine.load_best`).
@@ -171,7 +185,8 @@ def train(model: TextGuidedSegmenter, train_set: Any, val_set: Any = None, *, st
     * ``stage="text_absent", distill_prompt=<(T, D) features of a fixed prompt>``: the fixed-prompt protocol of
       Table IV as the book reads it -- the prompt's features replace the virtual prompt as the student's input
       (the virtual prompt stays frozen and unused) and the adapters are trained by the same distillation; test
-      it with ``evaluate(model, data, text=<the same features>, adapters=True)``.
+      it with ``evaluate(model, data, text=<the same features>, adapters=True)``. A ``(features, attention
+      mask)`` tuple lets the gates pool the prompt over its real tokens.
 
     Args:
         patience: early stopping on ``val_seg`` after this many epochs without improvement (``None``: never).
@@ -187,8 +202,9 @@ def train(model: TextGuidedSegmenter, train_set: Any, val_set: Any = None, *, st
         if stage != "text_absent":
             raise ValueError("distill_prompt= belongs to the text-absent stage: train(..., stage='text_absent', "
                              "distill_prompt=features)")
-        if not isinstance(distill_prompt, torch.Tensor) or distill_prompt.ndim != 2:
-            got = tuple(distill_prompt.shape) if isinstance(distill_prompt, torch.Tensor) else repr(distill_prompt)
+        feats = distill_prompt[0] if isinstance(distill_prompt, tuple) else distill_prompt
+        if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
+            got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else repr(feats)
             raise ValueError(f"distill_prompt must be one fixed prompt's features, a (T, D) tensor, got {got}")
         if not adapters:
             raise ValueError("distill_prompt= with adapters=False would train nothing (the fixed prompt is not "
@@ -212,13 +228,20 @@ def train(model: TextGuidedSegmenter, train_set: Any, val_set: Any = None, *, st
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume,
                          early_stopping_patience=patience, monitor=monitor, run_key=run_key)
-    prompt = None if distill_prompt is None else distill_prompt.detach().to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    prompt = None if distill_prompt is None else (
+        tuple(t.detach().to(device) for t in distill_prompt) if isinstance(distill_prompt, tuple)
+        else distill_prompt.detach().to(device))
     step = partial(distillation_step, seg_loss=seg, dis_weight=dis_weight, prompt=prompt)
     return train_loop(model, opt, train_set, step_fn=step, config=config, batch_size=batch_size, val_set=val_set)
 
 
 # ----------------------------------------------------------------------------- evaluation
 def _check_text(text: Any) -> None:
+    if isinstance(text, tuple):
+        if len(text) != 2 or not all(isinstance(t, torch.Tensor) for t in text) or text[1].shape != text[0].shape[:1]:
+            raise ValueError("a fixed prompt given as a tuple must be ((T, D) features, (T,) attention mask)")
+        text = text[0]
     if isinstance(text, torch.Tensor):
         if text.ndim != 2:
             raise ValueError(f"a fixed prompt's features must have shape (T, D), got {tuple(text.shape)}")
@@ -227,7 +250,8 @@ def _check_text(text: Any) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: TextGuidedSegmenter, data: Any, *, text: str | torch.Tensor = "report", batch_size: int = 64,
+def evaluate(model: TextGuidedSegmenter, data: Any, *, text: str | torch.Tensor | tuple = "report",
+             batch_size: int = 64,
              device: torch.device | str | None = None, adapters: bool | None = None) -> dict[str, Any]:
     """Test-set metrics of a text-guided segmenter on ``data`` (items with ``image``, ``mask`` and, for
     ``text="report"``, ``text_features``), read in order in batches of ``batch_size``.
@@ -235,7 +259,7 @@ def evaluate(model: TextGuidedSegmenter, data: Any, *, text: str | torch.Tensor 
     Args:
         text: ``"report"`` (each image's own report features), ``"virtual"`` (the virtual prompt and adapters;
             the text encoder is not needed), or a ``(T, D)`` tensor: one fixed prompt's features for every image
-            (the paper's "pneumonia", "a photo of infected areas", ... baselines).
+            (the paper's "pneumonia", "a photo of infected areas", ... baselines), or ``((T, D), (T,) mask)``.
         device: where the images go; ``None``: the model's device.
         adapters: run the text-absent adapters; ``None``: only with ``text="virtual"``. ``True`` with a fixed
             prompt's features tests a model distilled for that prompt (``train(..., distill_prompt=...)``).
@@ -251,13 +275,15 @@ def evaluate(model: TextGuidedSegmenter, data: Any, *, text: str | torch.Tensor 
     gates: list[list[torch.Tensor]] = []
     for batch in make_loader(data, batch_size):
         image = batch["image"].to(device)
-        if isinstance(text, torch.Tensor):
-            feats = text.to(device).expand(image.shape[0], -1, -1)
+        mask = None
+        if isinstance(text, (torch.Tensor, tuple)):
+            feats, mask = _fixed_prompt(text, image.shape[0], device)
         elif text == "report":
             feats = batch["text_features"].to(device)
+            mask = batch["text_mask"].to(device) if "text_mask" in batch else None
         else:
             feats = None
-        out = model(image, feats, adapter=adapters)
+        out = model(image, feats, adapter=adapters, text_mask=mask)
         glob.update(out.logits.cpu(), batch["mask"])
         per_image.update(out.logits.cpu(), batch["mask"])
         gates.append([g.weights.cpu() for g in out.gates])
@@ -357,3 +383,164 @@ def gate_by_phrase(weights: torch.Tensor, texts: Sequence[str], phrases: Sequenc
     if not labels:
         return [], weights.new_zeros(0, weights.shape[1]), how
     return labels, torch.stack([weights[m].mean(0) for m in members]), how
+
+
+# ----------------------------------------------------------------------------- does the gate read the report?
+_NUMBER_DIGITS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+                  "eight": "8", "nine": "9"}
+
+
+def reword_report(text: str) -> str:
+    """A same-meaning rewording of a QaTa-COV19-style report (LViT's annotations, and the book's phantoms): number
+    words become digits, "infected area(s)" becomes "lesion(s)", "Bilateral"/"Unilateral" become "in both lungs" /
+    "in one lung", region names swap their first two words ("upper left lung" -> "left upper lung") and the
+    clauses are listed in reverse order. Same findings, other tokens: the control of the gate's text sensitivity.
+    A report in no known template keeps its words, with its comma-separated clauses reversed.
+
+    Example:
+        >>> reword_report("Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.")
+        'Left upper lung and right lower lung; 2 lesions; pulmonary infection in both lungs.'
+    """
+    t = text.strip().rstrip(".")
+    t = re.sub(r"\b(" + "|".join(_NUMBER_DIGITS) + r")\b", lambda m: _NUMBER_DIGITS[m.group(1)], t)
+    t = re.sub(r"\b(Bilateral|bilateral) pulmonary infection\b", "pulmonary infection in both lungs", t)
+    t = re.sub(r"\b(Unilateral|unilateral) pulmonary infection\b", "pulmonary infection in one lung", t)
+    t = re.sub(r"\binfected areas\b", "lesions", t)
+    t = re.sub(r"\binfected area\b", "lesion", t)
+    t = re.sub(r"\b(upper|middle|lower) (left|right) lung\b", r"\2 \1 lung", t)
+    out = "; ".join(reversed([c.strip() for c in t.split(", ") if c.strip()]))
+    return out[:1].upper() + out[1:] + "."
+
+
+def report_attributes(texts: Sequence[str]) -> dict[str, list[str]]:
+    """Attributes a report states, per report: ``laterality`` (bilateral / unilateral / unstated), ``count`` (the
+    number of infected areas as a digit, or "unstated") and ``regions`` (the lung regions named, in the order of
+    :data:`LUNG_REGIONS`, or "none"). The forms :func:`reword_report` writes ("in both lungs", "2 lesions", "left upper
+    lung") read the same as the originals. For NMI of the gate's choices against what the report says.
+
+    Example:
+        >>> report_attributes(["Unilateral pulmonary infection, one infected area, upper left lung."])
+        {'laterality': ['unilateral'], 'count': ['1'], 'regions': ['upper left lung']}
+    """
+    out: dict[str, list[str]] = {"laterality": [], "count": [], "regions": []}
+    for t in texts:
+        low = re.sub(r"\b(left|right) (upper|middle|lower) lung\b", r"\2 \1 lung", t.lower())
+        out["laterality"].append("bilateral" if re.search(r"\bbilateral\b|\bboth lungs\b", low) else
+                                 "unilateral" if re.search(r"\bunilateral\b|\bone lung\b", low) else "unstated")
+        numbers = "|".join([*_NUMBER_DIGITS, *_NUMBER_DIGITS.values()])
+        m = re.search(r"\b(" + numbers + r")\b (infected area|lesion)", low)
+        out["count"].append(_NUMBER_DIGITS.get(m.group(1), m.group(1)) if m else "unstated")
+        out["regions"].append(" + ".join(r for r in LUNG_REGIONS if r in low) or "none")
+    return out
+
+
+def _tv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Total-variation distance between rows of gate weights, ``0.5 * sum |a - b|`` in [0, 1]."""
+    return 0.5 * (a - b).abs().sum(-1)
+
+
+@torch.no_grad()
+def gate_text_sensitivity(model: TextGuidedSegmenter, data: Any, encoder: TextEncoder, texts: Sequence[str], *,
+                          seed: int = 0, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """How far each test image's gate weights move when its report is replaced.
+
+    For image ``i`` with report ``r_i``: ``swap`` is the total-variation distance (in [0, 1], averaged over the
+    guide stages) between the gate weights with ``r_i`` and with the report of another image, drawn at random
+    among those whose report differs (``seed``); ``reword`` is the distance with :func:`reword_report` of ``r_i``
+    (same findings, other words). A gate that reads what the report says moves more under ``swap`` than under
+    ``reword``; one that ignores the text moves under neither. ``between_images``: the distance between image
+    ``i``'s and the other image's gate weights, each with its own report (how much the gate varies at all).
+    ``text_swap`` / ``text_reword``: the cosine distance of the pooled (real-token) report features themselves
+    under the same two changes -- what the frozen text encoder alone does with them.
+
+    Args:
+        data: the test items (``image``; read in order), ``texts`` their reports.
+
+    Returns:
+        ``{"swap", "reword", "between_images", "text_swap", "text_reword"}``: one value per image,
+        ``(num_images,)``; and ``"partner"``, the index of the image whose report was swapped in.
+    """
+    texts = list(texts)
+    if len(texts) != len(data):
+        raise ValueError(f"{len(texts)} reports for {len(data)} images")
+    if model.config.num_experts == 0:
+        raise ValueError("the base model (num_experts=0) has no gate")
+    g = torch.Generator().manual_seed(seed)
+    partner = []
+    for i, t in enumerate(texts):
+        others = [j for j, u in enumerate(texts) if u != t]
+        partner.append(others[int(torch.randint(len(others), (1,), generator=g))] if others else i)
+    own = encode_cached(encoder, texts)
+    swap = encode_cached(encoder, [texts[j] for j in partner])
+    reword = encode_cached(encoder, [reword_report(t) for t in texts])
+    model.eval()
+    device = next(model.parameters()).device
+    gates: dict[str, list[torch.Tensor]] = {"own": [], "swap": [], "reword": []}
+    start = 0
+    for batch in make_loader(data, batch_size):
+        feats = model.forward_features(batch["image"].to(device))
+        sl = slice(start, start + batch["image"].shape[0])
+        start = sl.stop
+        for key, f in (("own", own), ("swap", swap), ("reword", reword)):
+            out = model.forward_head(feats, f.hidden[sl].to(device), text_mask=f.mask[sl].to(device))
+            gates[key].append(torch.stack([gt.weights for gt in out.gates]).cpu())  # (S, B, N)
+    g_all = {k: torch.cat(v, dim=1) for k, v in gates.items()}
+    idx = torch.tensor(partner)
+    pooled = {k: pool_text(f.hidden.cpu().float(), f.mask.cpu()) for k, f in (("own", own), ("swap", swap),
+                                                                               ("reword", reword))}
+    cos = {k: 1 - torch.nn.functional.cosine_similarity(pooled["own"], pooled[k], dim=-1) for k in ("swap", "reword")}
+    return {"swap": _tv(g_all["own"], g_all["swap"]).mean(0), "reword": _tv(g_all["own"], g_all["reword"]).mean(0),
+            "between_images": _tv(g_all["own"], g_all["own"][:, idx]).mean(0), "text_swap": cos["swap"],
+            "text_reword": cos["reword"], "partner": idx}
+
+
+def gate_attribute_nmi(gates: Sequence[torch.Tensor], labels: Sequence[str], *, n_perm: int = 200,
+                       seed: int = 0) -> dict[str, Any]:
+    """NMI between the gate's choice (argmax expert per image) and a report attribute, against a permutation
+    baseline (:func:`medmoe.moe.nmi_permutation_baseline`), averaged over the guide stages.
+
+    Returns:
+        ``nmi`` (observed, mean over stages), ``chance`` (mean NMI of the shuffled choices, mean over stages),
+        ``null`` (``n_perm`` values: the stage-mean NMI under each shuffle, the same shuffles as the baseline's,
+        for a p-value, e.g. :func:`medmoe.claims.chance_from_null`), and ``top_share``: the fraction of images
+        whose stage-1 choice is the most chosen expert (1.0: the gate always picks one expert).
+    """
+    codes = {v: i for i, v in enumerate(dict.fromkeys(labels))}
+    label = torch.tensor([codes[v] for v in labels])
+    nmi, chance, null = [], [], torch.zeros(n_perm)
+    for w in gates:
+        routing = w.argmax(-1)
+        base = nmi_permutation_baseline(routing, label, n_perm=n_perm, seed=seed)
+        nmi.append(base.nmi)
+        chance.append(base.chance_mean)
+        gen = torch.Generator().manual_seed(seed)  # the same shuffles as nmi_permutation_baseline draws
+        null += torch.tensor([float(normalized_mutual_information(routing[torch.randperm(routing.numel(),
+                                                                                          generator=gen)], label))
+                              for _ in range(n_perm)])
+    first = gates[0].argmax(-1)
+    return {"nmi": sum(nmi) / len(nmi), "chance": sum(chance) / len(chance), "null": (null / len(gates)).tolist(),
+            "top_share": float(torch.bincount(first).max()) / first.numel()}
+
+
+def expert_word_gradient_x_input(model: TextGuidedSegmenter, encoder: TextEncoder, text: str, *, stage: int = 0
+                                 ) -> tuple[list[str], torch.Tensor]:
+    """MLMoE Fig. 3 redrawn as gradient x input: for each text expert ``i`` of one guide stage, the attribution of
+    word ``w`` to the expert's total output ``y_i = sum f_t^i`` is ``sum_{t in w} sum_d (dy_i / df_t[t, d]) *
+    f_t[t, d]``, with ``f_t`` the frozen encoder's features of ``text`` (word pieces summed into words).
+
+    Returns ``(words, (N, W) signed attributions)``. Unlike :func:`expert_word_attribution` (weight norms, which
+    never change sign), this reads what the trained expert does with these particular tokens.
+    """
+    f = encode_cached(encoder, [text])
+    device = next(model.parameters()).device
+    feats = f.hidden.detach().to(device).clone().requires_grad_(True)
+    experts = model.guides[stage].experts
+    rows = []
+    with torch.enable_grad():
+        out = experts(model.text_proj(feats))  # (1, N, L, C)
+        for i in range(out.shape[1]):
+            (grad,) = torch.autograd.grad(out[0, i].sum(), feats, retain_graph=i < out.shape[1] - 1)
+            rows.append((grad * feats).sum(-1)[0].detach().cpu())  # (T,)
+    attr = torch.stack(rows)  # (N, T)
+    spans = encoder.words(text)
+    return [w for w, _ in spans], torch.stack([attr[:, pos].sum(1) for _, pos in spans], dim=1)

@@ -10,7 +10,12 @@ reconstruction; the chapter says which part is which. The files, and the section
   slices";
 * :mod:`~medmoe.papers.mome.recipe` -- the class text embeddings, the partial-label loss and the four verbs
   :func:`build`, :func:`train`, :func:`evaluate` (sliding-window, Dice per organ per volume), :func:`count`;
-  sections 3 "Training both models with partial labels" and 4 "Per-organ Dice (the Universal Model's convention)";
+  sections 3 "Training: one backbone, two heads" and 4 "Per-organ Dice (the Universal Model's convention)";
+* :mod:`~medmoe.papers.mome.paired` -- the chapter's paired design: per seed one frozen backbone, its cached
+  decoder outputs (:class:`~medmoe.papers.mome.paired.FeatureCache`), a Universal and a MoME head from the same
+  start (:func:`~medmoe.papers.mome.paired.head_from`, :func:`~medmoe.papers.mome.paired.train_head`), the text
+  controls and the kidney-side measure; sections 3 "Training: one backbone, two heads" and 6 "The claim, the
+  control, the verdict";
 * :mod:`~medmoe.papers.mome.data` -- the Universal Model's 32-class template, dataset lists and label transfer
   (:class:`~medmoe.papers.mome.data.UniversalDataset`), the phantom CT sources
   (:class:`~medmoe.papers.mome.data.PhantomCT`) and the random training patches

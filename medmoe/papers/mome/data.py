@@ -2,7 +2,7 @@
 chapter's task datasets.
 
 Explained in the book: *Chapter 4, MoME* (``chapters/04_mome``), sections 1 "Partially labelled data" and 3
-"Training both models with partial labels". MoME's "10 datasets, 3,410 CT scans" are, as far as public material
+"Training: one backbone, two heads". MoME's "10 datasets, 3,410 CT scans" are, as far as public material
 shows, the collection of the CLIP-Driven Universal Model (Liu et al., ICCV 2023; repository
 ``ljwztc/CLIP-Driven-Universal-Model``), so :class:`UniversalDataset` reads that collection the way its code does.
 The quick profile's phantoms (:class:`PhantomCT`, on :class:`medmoe.data.phantoms.PhantomVolumeDataset`) express

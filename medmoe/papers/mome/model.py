@@ -89,6 +89,16 @@ class MoMEConfig:
         router: use the text-guided router (MoME); needs at least two experts.
         router_hidden: hidden width of the router's MLP.
         use_checkpoint: SwinUNETR's gradient checkpointing (saves memory on 96^3 patches).
+        text_code: where a class's code ``u_c`` comes from: ``"text"`` (the Universal Model's
+            ``word_embedding``: ReLU(Linear(t_c)) of the class text embedding) or ``"learned"`` (its
+            ``rand_embedding``: an ``nn.Embedding(C, code_dim)`` learnt from N(0, 1), no text at all).
+        router_init: ``"default"`` (PyTorch's initialisation: the router starts near uniform, 1/E per expert) or
+            ``"universal"`` (the book's choice for MoME: the router's output layer starts at zero weight and a bias
+            that gives ``out`` the weight ``router_init_weight`` at every voxel and class, the rest shared by the
+            other experts, so MoME starts close to the Universal Model, whose only feature is ``out``). Needs
+            ``"out"`` among the experts.
+        router_init_weight: w(out) at initialisation under ``router_init="universal"`` (below 1, so that the other
+            experts still get a gradient).
     """
 
     num_classes: int = 32
@@ -104,6 +114,9 @@ class MoMEConfig:
     router: bool = True
     router_hidden: int = 16
     use_checkpoint: bool = False
+    text_code: str = "text"
+    router_init: str = "default"
+    router_init_weight: float = 0.95
 
 
 _QUICK = dict(num_classes=6, feature_size=12, num_heads=(3, 3, 6, 12), roi_size=32, norm=("group", {"num_groups": 4}),
@@ -111,12 +124,16 @@ _QUICK = dict(num_classes=6, feature_size=12, num_heads=(3, 3, 6, 12), roi_size=
 _TEST = dict(num_classes=3, feature_size=12, num_heads=(3, 3, 3, 3), depths=(1, 1, 1, 1), roi_size=32,
              norm=("group", {"num_groups": 4}), window_size=4, text_dim=16, code_dim=16)
 #: Named configurations: the paper-size ones (Universal Model: SwinUNETR-48, CLIP 512-d, 32 classes), the quick
-#: profile's (feature size 12, MiniLM 384-d, the phantoms' 6 classes, 32^3 patches) and tiny ones for tests.
+#: profile's (feature size 12, MiniLM 384-d, the phantoms' 6 classes, 32^3 patches, experts dec2 .. out) and tiny
+#: ones for tests. MoME's paper and quick configurations start the router as the Universal Model
+#: (``router_init="universal"``, the book's choice).
 CONFIGS: dict[str, MoMEConfig] = {
     "universal_paper": MoMEConfig(experts=("out",), router=False),
-    "mome_paper": MoMEConfig(),
+    "mome_paper": MoMEConfig(router_init="universal"),
     "universal_quick": MoMEConfig(**_QUICK, experts=("out",), router=False),
-    "mome_quick": MoMEConfig(**_QUICK),
+    # quick: a 32^3 patch makes dec3 a 2^3 grid (one voxel per 16^3 block), too coarse to place an organ; it is
+    # dropped, and the coarsest expert kept is dec2 (4^3).
+    "mome_quick": MoMEConfig(**_QUICK, experts=("dec2", "dec1", "dec0", "out"), router_init="universal"),
     "universal_test": MoMEConfig(**_TEST, experts=("out",), router=False),
     "mome_test": MoMEConfig(**_TEST, experts=("dec0", "out"), router_hidden=4),
 }
@@ -185,6 +202,19 @@ class TextGuidedRouter(nn.Module):
         self.text = nn.Linear(code_dim, hidden, bias=False)
         self.out = nn.Conv1d(hidden, num_experts, 1)
 
+    @torch.no_grad()
+    def start_as_one_expert(self, index: int, weight: float) -> None:
+        """Start the router at the constant weights ``weight`` for expert ``index`` and ``(1 - weight) / (E - 1)``
+        for each other one, at every voxel and class: the output layer's weight is zeroed, its bias set to the
+        log-weights (``router_init="universal"``; the text and visual layers keep their initialisation, so the
+        router can leave this start as soon as the output layer moves)."""
+        e = self.out.out_channels
+        if not 0 <= index < e or not 0 < weight < 1:
+            raise ValueError(f"need 0 <= index < {e} and 0 < weight < 1, got index {index}, weight {weight}")
+        self.out.weight.zero_()
+        self.out.bias.fill_(math.log((1 - weight) / (e - 1)))
+        self.out.bias[index] = math.log(weight)
+
     def forward(self, experts: torch.Tensor, text_codes: torch.Tensor) -> torch.Tensor:
         """``experts`` ``(B, E, d, N)``, ``text_codes`` ``(C, code_dim)`` -> weights ``(B, C, E, N)``."""
         b, e, d, n = experts.shape
@@ -218,8 +248,8 @@ def _check_backbone(backbone: nn.Module, config: MoMEConfig) -> None:
 class UniversalSeg(nn.Module):
     """The Universal Model, and MoME when ``config.router`` is set (see the module docstring).
 
-    Explained in the book: Chapter 4, section 2 "The architecture" (trained in section 3 "Training both models with
-    partial labels").
+    Explained in the book: Chapter 4, section 2 "The architecture" (trained in section 3 "Training: one
+    backbone, two heads").
 
     ``forward(x)`` takes ``(B, 1, D, H, W)`` CT patches (HU windowed to [0, 1]) whose sides are multiples of 32 and
     returns :class:`MoMEOutput`. The class text embeddings are a buffer (``text_embeddings`` ``(C, text_dim)``,
@@ -254,6 +284,13 @@ class UniversalSeg(nn.Module):
                              f"got {config.experts}")
         if config.roi_size % 32:
             raise ValueError(f"roi_size must be a multiple of 32 (SwinUNETR), got {config.roi_size}")
+        if config.text_code not in ("text", "learned"):
+            raise ValueError(f"text_code must be 'text' or 'learned', got {config.text_code!r}")
+        if config.router_init not in ("default", "universal"):
+            raise ValueError(f"router_init must be 'default' or 'universal', got {config.router_init!r}")
+        if config.router and config.router_init == "universal" and "out" not in config.experts:
+            raise ValueError(f"router_init='universal' starts the router on the expert 'out', which is not among "
+                             f"{config.experts}")
         self.config = config
         fs = config.feature_size
         if backbone is None:
@@ -263,7 +300,10 @@ class UniversalSeg(nn.Module):
         self.backbone = backbone
         self.backbone.out = nn.Identity()  # the Universal Model replaces SwinUNETR's output conv by its heads
         self.register_buffer("text_embeddings", torch.zeros(config.num_classes, config.text_dim))
-        self.text_to_vision = nn.Linear(config.text_dim, config.code_dim)
+        if config.text_code == "text":
+            self.text_to_vision = nn.Linear(config.text_dim, config.code_dim)
+        else:  # the Universal Model's rand_embedding: nn.Embedding, N(0, 1) init, used as the code directly
+            self.class_embedding = nn.Embedding(config.num_classes, config.code_dim)
         self.image_code = nn.Sequential(*_norm_relu(16 * fs), nn.AdaptiveAvgPool3d(1),
                                         nn.Conv3d(16 * fs, config.code_dim, 1))
         self.controller = nn.Conv3d(2 * config.code_dim, NUM_DYNAMIC_PARAMS, 1)
@@ -274,6 +314,8 @@ class UniversalSeg(nn.Module):
         self.router = (TextGuidedRouter(num_experts=len(config.experts), expert_dim=_HEAD_WIDTH,
                                         code_dim=config.code_dim, hidden=config.router_hidden)
                        if config.router else None)
+        if self.router is not None and config.router_init == "universal":
+            self.router.start_as_one_expert(config.experts.index("out"), config.router_init_weight)
 
     def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
         """Store the class text embeddings ``(C, text_dim)`` (e.g. from
@@ -301,7 +343,9 @@ class UniversalSeg(nn.Module):
         return {"dec4": dec4, "dec3": dec3, "dec2": dec2, "dec1": dec1, "dec0": dec0, "out": net.decoder1(dec0, enc0)}
 
     def text_codes(self) -> torch.Tensor:
-        """``(C, code_dim)``: ReLU(text_to_vision(t_c))."""
+        """``(C, code_dim)``: ReLU(text_to_vision(t_c)), or the learned class embedding (``text_code="learned"``)."""
+        if self.config.text_code == "learned":
+            return self.class_embedding.weight
         return F.relu(self.text_to_vision(self.text_embeddings))
 
     def forward_head(self, feats: dict[str, torch.Tensor]) -> MoMEOutput:

@@ -1,7 +1,7 @@
 """MoME / Universal Model training and evaluation on partially labelled CT.
 
-Explained in the book: *Chapter 4, MoME* (``chapters/04_mome``), sections 3 "Training both models with partial
-labels" and 4 "Per-organ Dice (the Universal Model's convention)". The same four verbs as every paper's recipe:
+Explained in the book: *Chapter 4, MoME* (``chapters/04_mome``), sections 3 "Training: one backbone, two
+heads" and 4 "Per-organ Dice (the Universal Model's convention)". The same four verbs as every paper's recipe:
 
 * :func:`build` -- the model (:func:`medmoe.papers.mome.model.build_model`);
 * :func:`train` -- AdamW with :func:`medmoe.engine.train_loop` on :func:`train_step`, whose loss is

@@ -7,10 +7,16 @@ routers" and 5 "Did the experts specialise?". The same four verbs as every paper
 * :func:`train` -- one variant with :func:`medmoe.engine.train_loop` (Dice + BCE plus the variant's extra loss);
 * :func:`evaluate` -- per-image Dice (LViT convention) and every routing decision on a test set;
 * :func:`count` -- parameter counts.
+
+and what the chapter measures with them: :func:`loss_table` (section 3, the losses on hand-made router logits),
+:func:`routing_stats` and :func:`nmi_null` (section 5, one variant and seed against a permutation baseline), and
+:func:`mean_sd_table` (the variants table as mean ± sd over seeds).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,11 +26,24 @@ from torch import nn
 from medmoe.data.phantoms import MODALITIES
 from medmoe.engine import FitResult, TrainConfig, make_loader, train_loop
 from medmoe.metrics import per_image_dice
-from medmoe.moe import HardRouter, diversity_loss, importance_load_loss, switch_balance_loss
+from medmoe.moe import (
+    HardRouter,
+    contingency,
+    diversity_loss,
+    entropy,
+    expert_load,
+    gate_entropy,
+    importance_load_loss,
+    mutual_information,
+    normalized_mutual_information,
+    router_z_loss,
+    switch_balance_loss,
+)
 from medmoe.papers.primer.model import build_model
 from medmoe.utils import count_parameters
 
-__all__ = ["VARIANTS", "EXTRA_LOSSES", "build", "make_step", "train", "evaluate", "count"]
+__all__ = ["VARIANTS", "EXTRA_LOSSES", "build", "make_step", "train", "evaluate", "count", "loss_table",
+           "nmi_null", "routing_stats", "mean_sd_table"]
 
 VARIANTS: dict[str, tuple[str, str | None]] = {
     "soft": ("soft", None),
@@ -125,3 +144,122 @@ def count(model: nn.Module) -> dict[str, int]:
     """Parameters: ``total``, ``trainable``, ``gate`` and ``experts`` (all experts together)."""
     return {"total": count_parameters(model), "trainable": count_parameters(model, trainable_only=True),
             "gate": count_parameters(model.gate), "experts": count_parameters(model.experts)}
+
+
+def loss_table(cases: Mapping[str, torch.Tensor]):
+    """The four router losses on hand-made router **logits** ``(inputs, experts)``, one row per case.
+
+    The gate is ``g = softmax(logits)``: the diversity, CV² and Switch losses read ``g``; the z-loss (ST-MoE,
+    :func:`~medmoe.moe.router_z_loss`) reads the logits themselves, ``mean (logsumexp logits)^2``. (Fed
+    log-probabilities instead, it would be identically 0: ``logsumexp(log g) = log sum g = log 1``.)
+
+    Returns:
+        a ``pandas.DataFrame`` indexed by case.
+
+    Example:
+        >>> t = loss_table({"uniform": torch.zeros(4, 4)})
+        >>> round(float(t.loc["uniform", "z-loss (ST-MoE)"]), 4)  # (log 4)^2
+        1.9218
+    """
+    import pandas as pd  # local: only the chapter's table needs pandas
+
+    rows = []
+    for name, logits in cases.items():
+        g = logits.softmax(-1)
+        rows.append({
+            "gates": name,
+            "diversity L_div (MLMoE)": diversity_loss(g).item(),
+            "CV² imp+load (SegMoTE)": importance_load_loss(g).loss.item(),
+            "Switch N·Σf·P": switch_balance_loss(g, g.argmax(-1)).item(),
+            "z-loss (ST-MoE)": router_z_loss(logits).item(),
+        })
+    return pd.DataFrame(rows).set_index("gates")
+
+
+def nmi_null(routing: torch.Tensor, label: torch.Tensor, *, n_perm: int = 200, seed: int = 0) -> list[float]:
+    """The permutation null of :func:`~medmoe.moe.normalized_mutual_information`: the same routing decisions
+    (same expert counts) shuffled over the inputs ``n_perm`` times (a ``torch.Generator`` seeded by ``seed``).
+
+    The values themselves, so a chapter can average them over seeds (the null of a mean NMI) and pass them to
+    :func:`medmoe.claims.chance_from_null`; :func:`~medmoe.moe.nmi_permutation_baseline` summarises the same draws.
+
+    Example:
+        >>> r = torch.tensor([0, 1] * 16)
+        >>> null = nmi_null(r, r, n_perm=20)
+        >>> len(null), max(null) < 1.0
+        (20, True)
+    """
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
+    routing, label = routing.reshape(-1), label.reshape(-1)
+    g = torch.Generator().manual_seed(seed)
+    return [float(normalized_mutual_information(routing[torch.randperm(routing.numel(), generator=g)], label))
+            for _ in range(n_perm)]
+
+
+def routing_stats(result: Mapping[str, torch.Tensor], labels: torch.Tensor, num_experts: int, *,
+                  num_labels: int | None = None, n_perm: int = 200, perm_seed: int = 0) -> dict[str, Any]:
+    """What one trained variant did on the test set (:func:`evaluate`'s ``result``) against ``labels`` ``(N,)``
+    (the modality's position, 0 .. M-1; ``num_labels`` = M, default the largest label + 1).
+
+    Returns:
+        numbers: ``dice`` (per-image mean), ``experts_used``, ``load_entropy`` (entropy of the expert load over
+        ``log N``: 1 = balanced, 0 = one expert), ``gate_entropy`` (nats), ``mi`` (nats), ``h_given_label``
+        (``H(expert | label)`` in nats: 0 when the label decides the expert), ``nmi``, ``nmi_chance`` (mean of the
+        permutation null); and ``null`` (the null's values), ``load`` (per expert) and ``table``
+        (labels x experts counts).
+
+    Example:
+        >>> res = {"dice": torch.ones(8), "expert": torch.tensor([0, 1] * 4),
+        ...        "probs": torch.full((8, 2), 0.5), "modality": torch.zeros(8, dtype=torch.long)}
+        >>> s = routing_stats(res, torch.tensor([0, 1] * 4), 2, n_perm=10)
+        >>> s["experts_used"], s["load_entropy"], s["nmi"]
+        (2, 1.0, 1.0)
+    """
+    chosen = result["expert"]
+    load = expert_load(chosen, num_experts)
+    null = nmi_null(chosen, labels, n_perm=n_perm, seed=perm_seed)
+    mi = float(mutual_information(chosen, labels))
+    num_labels = num_labels or int(labels.max()) + 1
+    return {
+        "dice": float(result["dice"].mean()),
+        "experts_used": int((load > 0).sum()),
+        "load_entropy": float(entropy(load)) / math.log(num_experts) if num_experts > 1 else 0.0,
+        "gate_entropy": float(gate_entropy(result["probs"])),
+        "mi": mi,
+        "h_given_label": max(float(entropy(load)) - mi, 0.0),
+        "nmi": float(normalized_mutual_information(chosen, labels)),
+        "nmi_chance": sum(null) / len(null),
+        "null": null,
+        "load": load.tolist(),
+        "table": contingency(labels, chosen, num_a=num_labels, num_b=num_experts).numpy(),
+    }
+
+
+def mean_sd_table(rows: Sequence[Mapping[str, Any]], *, by: str, columns: Mapping[str, str], digits: int = 3):
+    """``rows`` (one per variant and seed) as a table of ``mean ± sd`` over seeds, one row per ``by`` value in
+    first-seen order; ``columns`` maps a row key to its column title. With one seed the sd is shown as ``n/a``.
+
+    Example:
+        >>> rows = [{"variant": "a", "nmi": 0.1}, {"variant": "a", "nmi": 0.3}]
+        >>> mean_sd_table(rows, by="variant", columns={"nmi": "NMI"}).loc["a", "NMI"]
+        '0.200 ± 0.141'
+    """
+    import pandas as pd  # local: only the chapter's table needs pandas
+
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r[by], []).append(r)
+    out = []
+    for key, rs in groups.items():
+        line = {by: key}
+        for col, title in columns.items():
+            vals = [float(r[col]) for r in rs]
+            mean = sum(vals) / len(vals)
+            if len(vals) > 1:
+                sd = f"{math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)):.{digits}f}"
+            else:
+                sd = "n/a"
+            line[title] = f"{mean:.{digits}f} ± {sd}"
+        out.append(line)
+    return pd.DataFrame(out).set_index(by)

@@ -16,13 +16,19 @@ the code that they explain:
   :func:`~medmoe.papers.segmote.recipe.segmote_step`, :func:`~medmoe.papers.segmote.recipe.train`);
 * 5 "Box, point or no prompt (Table 4)" -- :class:`~medmoe.papers.segmote.model.PromptTokenizer` (PPT) and
   :func:`~medmoe.papers.segmote.recipe.evaluate`;
+* 4 also the controls and the router's switch -- :func:`~medmoe.papers.segmote.recipe.evaluate_standin` (the frozen
+  model's own decoding), :data:`~medmoe.papers.segmote.recipe.ROUTER_SETTINGS`,
+  :func:`~medmoe.papers.segmote.recipe.router_drift`;
 * 6 "Which token is selected, per modality (Fig. 6a) and per layer (Fig. 7)" -- the routing rows of
-  :func:`~medmoe.papers.segmote.recipe.evaluate` and :func:`medmoe.moe.nmi_permutation_baseline`.
+  :func:`~medmoe.papers.segmote.recipe.evaluate` and :mod:`~medmoe.papers.segmote.analysis` (token x modality Dice,
+  whether the selected token is the best one, NMI against its permutation null);
+* 7 "The claim, the control, the verdict" -- :mod:`medmoe.claims` over the numbers above.
 
 Files: ``model.py`` (the model, its configurations ``segmote_paper``, ``segmote_paper_imis``, ``segmote_quick``,
-``segmote_test``), ``recipe.py`` (losses, steps and the four verbs), ``data.py`` (layouts and task datasets),
-``prepare.py`` (what ``data_scripts/build_medseg_hq.py`` runs), ``fixtures.py`` (the ``rehearsal`` profile's inputs in
-their real formats), ``card.yaml`` (profiles, declared inputs and the paper's table cells).
+``segmote_test``), ``recipe.py`` (losses, steps and the four verbs), ``analysis.py`` (token statistics), ``data.py``
+(layouts and task datasets), ``prepare.py`` (what ``data_scripts/build_medseg_hq.py`` runs), ``fixtures.py`` (the
+``rehearsal`` profile's inputs in their real formats), ``card.yaml`` (profiles, declared inputs and the paper's table
+cells).
 """
 
 from medmoe.papers.segmote.model import ALIASES, CONFIGS, SegMoTE, SegMoTEConfig, build_model

@@ -86,8 +86,8 @@ __all__ = [
     "IMIS_SPLITS", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "IMISDataset", "MultiDatasetIMIS", "collate_imis",
     "mask_file_name", "parse_mask_shape", "pseudo_region_map", "read_sparse_mask", "sam_normalize",
     "write_dataset_json", "write_imis_item", "write_imis_layout", "write_sparse_mask",
-    "TASK_CLASSES", "GROUP_A", "IMIS_GROUP_A", "NOT_IN_MEDSEG_HQ", "SegTasks", "PhantomSegTasks", "IMISSegTasks",
-    "EmbeddingTasks", "cache_embeddings",
+    "TASK_CLASSES", "GROUP_A", "PHANTOM_ANALOGUES", "IMIS_GROUP_A", "NOT_IN_MEDSEG_HQ", "SegTasks", "PhantomSegTasks",
+    "IMISSegTasks", "EmbeddingTasks", "cache_embeddings",
 ]
 
 IMIS_SPLITS: tuple[str, str] = ("training", "test")
@@ -690,6 +690,19 @@ TASK_CLASSES: dict[str, tuple[str, ...]] = {
 }
 #: The binary tasks PPT serves (the code's "group A": ISIC and, in the paper's text, SZ-CXR).
 GROUP_A: frozenset[tuple[str, str]] = frozenset({("derm", "lesion"), ("cxr", "lungs")})
+
+#: The quick profile's analogue of each data set of the paper's Tables 1 and 4: the phantom classes that play its
+#: part. The chapter saves the paper's metric names for them (``dice_box_segthor`` is the box Dice on the phantom
+#: CT's anatomy) so that the reproduction page's quick column fills; the card's notes say which analogue each is.
+#: ISIC 2018 and SZ-CXR are the group-A tasks; ISLES 2022 (a lesion on an MRI sequence), SegTHOR (thoracic CT organs)
+#: and TotalSegmentator MRI (anatomy on MRI) are out of domain for SAM, as CT and MRI are new to the quick stand-in.
+PHANTOM_ANALOGUES: dict[str, tuple[str, ...]] = {
+    "isic2018_task1": ("derm/lesion",),
+    "sz_cxr": ("cxr/lungs",),
+    "isles22": ("mri/lesion",),
+    "segthor": ("ct/left lung", "ct/right lung", "ct/heart", "ct/bone"),
+    "totalseg_mri": ("mri/cerebrospinal fluid", "mri/grey matter", "mri/white matter"),
+}
 
 
 def _class_mask(phantom, name: str) -> np.ndarray:

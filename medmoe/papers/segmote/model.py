@@ -10,7 +10,8 @@ this file adds only what SegMoTE adds, and keeps every SAM weight frozen:
   (``[iou, mask x 4, expert x T, prompt ...]``);
 * **MoTE** in each two-way decoder layer (Sec. 3.3, :class:`MoTE`): after the token-to-image attention the expert
   tokens skip SAM's MLP and go through a noisy top-1 router over ``E`` experts (Eq. 1-2,
-  :class:`medmoe.moe.NoisyTopKGate`, ``W_g`` and ``W_n`` zero-initialised), each expert a ``D -> 64`` linear map
+  :class:`medmoe.moe.NoisyTopKGate`, ``W_g`` and ``W_n`` zero-initialised as in the code; ``router_init_std`` is
+  the book's deviation), each expert a ``D -> 64`` linear map
   followed by shared ``64 -> 64 -> 64 -> D`` projections (the released code's ``dte_token``, ``dteall_token``,
   ``proj_token``); the output, weighted by the router's confidence (Eq. 5-6), replaces the token. The token whose
   top logit is largest (Eq. 4) is the image's selected token; the mask comes from the selected token of the last
@@ -76,6 +77,10 @@ class SegMoTEConfig:
             upscaled embedding); without it the expert tokens read SAM's upscaled embedding directly.
         ppt_queries: Q, PPT's learnable queries (2).
         ppt_heads: PPT's attention heads (8).
+        router_init_std: standard deviation of the initial router weights ``W_g`` of every MoTE. ``0`` (the
+            default) is the released code's zero init (routing starts uniform, decided by the Eq. 2 noise alone);
+            a positive value is the book's deviation (:data:`medmoe.papers.segmote.recipe.ROUTER_SETTINGS`), so
+            routing starts input-dependent. ``W_n`` stays zero either way.
     """
 
     encoder_dim: int = 768
@@ -94,11 +99,14 @@ class SegMoTEConfig:
     hq_features: bool = True
     ppt_queries: int = 2
     ppt_heads: int = 8
+    router_init_std: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.router_init_std >= 0:
+            raise ValueError(f"router_init_std must be >= 0, got {self.router_init_std!r}")
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            if f.name != "router_init_std" and isinstance(v, int) and not isinstance(v, bool) and v < 1:
                 raise ValueError(f"{f.name} must be a positive int, got {v!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
@@ -143,6 +151,7 @@ class MoTE(nn.Module):
         dim: token width D.
         num_experts: E.
         expert_dim: bottleneck width of the experts (64).
+        router_init_std: std of the initial ``W_g`` (0: the code's zero init; see :class:`SegMoTEConfig`).
 
     Shapes:
         x: ``(B, T, D)`` -> :class:`MoTEOutput` with ``tokens (B, T, D)``, ``selected (B,)``.
@@ -154,9 +163,9 @@ class MoTE(nn.Module):
         ((2, 5, 16), (2,), 1)
     """
 
-    def __init__(self, *, dim: int, num_experts: int, expert_dim: int = 64) -> None:
+    def __init__(self, *, dim: int, num_experts: int, expert_dim: int = 64, router_init_std: float = 0.0) -> None:
         super().__init__()
-        self.gate = NoisyTopKGate(in_features=dim, num_experts=num_experts, k=1, init_std=0.0)
+        self.gate = NoisyTopKGate(in_features=dim, num_experts=num_experts, k=1, init_std=router_init_std)
         self.experts = nn.ModuleList(nn.Linear(dim, expert_dim) for _ in range(num_experts))
         self.dte = nn.Linear(expert_dim, expert_dim)
         self.dteall = nn.Linear(expert_dim, expert_dim)
@@ -270,7 +279,8 @@ class SegMoTE(nn.Module):
         self.sam = backbone if backbone is not None else build_sam(config)
         d, t = config.prompt_dim, config.num_expert_tokens
         self.expert_tokens = nn.Embedding(t, d)
-        self.motes = nn.ModuleList(MoTE(dim=d, num_experts=config.num_experts, expert_dim=config.expert_dim)
+        self.motes = nn.ModuleList(MoTE(dim=d, num_experts=config.num_experts, expert_dim=config.expert_dim,
+                                        router_init_std=config.router_init_std)
                                    for _ in self.sam.mask_decoder.transformer.layers)
         self.expert_hypernets = nn.ModuleList(MLP(d, d, d // 8, 3) for _ in range(t))
         if config.hq_features:

@@ -8,7 +8,8 @@ paper's recipe:
 * :func:`train` -- ``stage="segmote"``: the expert tokens, MoTE, expert heads and PPT on a frozen SAM;
   ``stage="sam_pretrain"``: the quick profile's stand-in SAM, end to end, before it is frozen. Both with
   :func:`medmoe.engine.train_loop`;
-* :func:`evaluate` -- Dice with one prompt kind for every item, and what the router chose;
+* :func:`evaluate` -- Dice with one prompt kind for every item, and what the router chose (and every token's Dice);
+  :func:`evaluate_standin` -- the frozen model's own decoding on the same items and prompts (the chapter's control);
 * :func:`count` -- parameter counts (Table 3).
 
 What the steps do:
@@ -48,7 +49,7 @@ from medmoe.utils import count_parameters
 __all__ = [
     "STAGES", "LOSSES", "build", "box_from_mask", "point_from_mask", "sample_prompts", "sam_decode",
     "prompt_tokens_by_kind", "sam_pretrain_step", "standin_loss", "seg_loss", "segmote_step", "train", "evaluate",
-    "count",
+    "evaluate_standin", "router_weights", "router_drift", "ROUTER_SETTINGS", "count",
 ]
 
 STAGES = ("segmote", "sam_pretrain")
@@ -211,55 +212,46 @@ def segmote_step(model, batch, *, loss_fn, balance_weight: float = 0.01,
     return {"loss": seg + balance_weight * out.balance_loss, "seg": seg.detach(), "balance": out.balance_loss.detach()}
 
 
+def _dice_rows(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Dice of each of ``pred``'s ``(N, H, W)`` boolean masks against one ground truth ``(H, W)`` (the same formula as
+    :func:`medmoe.metrics.per_class_per_image_dice`: ``2 I / (|P| + |G| + eps)``)."""
+    truth = truth.bool().reshape(1, -1)
+    pred = pred.reshape(pred.shape[0], -1)
+    inter = (pred & truth).sum(1).double()
+    return 2 * inter / (pred.sum(1).double() + truth.sum(1).double() + 1e-8)
+
+
 @torch.no_grad()
-def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, seed: int = 0) -> dict[str, Any]:
-    """SegMoTE's Dice with one prompt kind for every item, plus what the router chose per item.
-
-    ``prompt``: ``box`` (the mask's box, no jitter), ``point`` (one foreground point) or ``free`` (PPT, group-A items
-    only). The metric is :func:`medmoe.metrics.per_class_per_image_dice`: each item's low-resolution logits are
-    upsampled (bilinear) to its ground truth's resolution
-    (:meth:`~medmoe.papers.segmote.data.SegTasks.original_mask`: the stored image size for IMIS data, as the
-    reference test code), thresholded at 0, and scored per class per image; the classes of an
-    image are averaged, then the images.
-
-    Devices: prompts are drawn from the CPU masks, the model inputs (embeddings or images, boxes, points) go to the
-    model's device, and the logits come back to the CPU, where the ground truth is: the metric sees one device.
-
-    Returns ``dice`` (float), ``per_class`` ``(len(class_names),)`` (NaN for classes never evaluated) and ``rows``:
-    per item its ``image_index``, ``class_index``, ``modality``, ``selected`` token, the expert that every MoTE layer
-    chose for that token (``experts``) and the last layer's routing confidence per token (``confidence``,
-    ``(T,)``: the softmax probability of each token's chosen expert).
-    """
+def _evaluate(decode, upscale, data: EmbeddingTasks, *, prompt: str, batch_size: int, seed: int, items: str,
+              device) -> dict[str, Any]:
+    """The evaluation protocol shared by :func:`evaluate` and :func:`evaluate_standin`: the same items, the same
+    prompts (box without jitter, one point drawn with a generator seeded by ``seed``), the same metric.
+    ``decode(inputs, kinds, boxes, points)`` returns ``(low-res logits (B, 1, h, w), [per-item extra dict])``."""
     if prompt not in ("box", "point", "free"):
         raise ValueError(f"prompt must be box, point or free, got {prompt!r}")
+    if items not in ("all", "group_a"):
+        raise ValueError(f"items must be 'all' or 'group_a', got {items!r}")
     tasks = data.tasks
-    if prompt == "free":
+    if prompt == "free" or items == "group_a":
         keep = [k for k in range(len(data)) if tasks.is_group_a(k)]
         if not keep:
-            raise ValueError("prompt='free' needs group-A items (tasks PPT serves); this data set has none")
+            raise ValueError(f"prompt={prompt!r}, items={items!r} needs group-A items (tasks PPT serves); "
+                             "this data set has none")
         data = Subset(data, keep)
-    was = model.training
-    model.eval()
     g = torch.Generator().manual_seed(seed)
     logits, rows = {}, []
-    device = next(iter(model.trainable_parameters())).device
     for batch in make_loader(data, batch_size):  # the loader's tensors are on the CPU
         b = batch["mask"].shape[0]
         boxes = torch.stack([box_from_mask(batch["mask"][i, 0]) for i in range(b)])  # (B, 4), from the CPU masks
         points = torch.stack([point_from_mask(batch["mask"][i, 0], generator=g) for i in range(b)])[:, None]
         inputs = {key: batch[key].to(device) for key in ("emb", "early", "image") if key in batch}  # model inputs
-        out = _prompted(model, inputs, [prompt] * b, boxes.to(device), points.to(device))
-        last = out.motes[-1].gate
-        conf = last.probs.gather(-1, last.indices[..., :1])[..., 0]
+        masks, extra = decode(inputs, [prompt] * b, boxes.to(device), points.to(device))
         for i in range(b):
-            k, sel = int(batch["item"][i]), int(out.selected[i])
-            logits[k] = out.masks[i:i + 1].float().cpu()
+            k = int(batch["item"][i])
+            logits[k] = masks[i:i + 1].float().cpu()
             rows.append({"item": k, "image_index": int(batch["image_index"][i]),
                          "class_index": int(batch["class_index"][i]), "modality": int(batch["modality"][i]),
-                         "selected": sel,
-                         "experts": [int(m.gate.indices[i, sel, 0]) for m in out.motes],
-                         "confidence": conf[i].float().cpu().tolist()})
-    model.train(was)
+                         "group_a": bool(batch["group_a"][i]), **extra[i]})
     # Per image, stack its prompted classes as channels at the ground truth's resolution and score them together.
     by_image: dict[int, list[dict]] = {}
     for r in rows:
@@ -271,20 +263,140 @@ def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, 
         # (one device for both; moving only one of them to the model's device crashes on CUDA).
         truth = torch.stack([tasks.original_mask(r["item"]) for r in group])[None].cpu()  # (1, K, H, W)
         low = torch.cat([logits[r["item"]] for r in group])  # (K, 1, h, w), CPU
-        pred = model.upscale(low, size=tuple(truth.shape[-2:]))[:, 0][None] > 0
+        pred = upscale(low, size=tuple(truth.shape[-2:]))[:, 0][None] > 0
         res = per_class_per_image_dice(pred, truth, ignore_background=False)
         per_image.append(float(res["per_image"][0]))
         for j, r in enumerate(group):
-            sums[r["class_index"]] += float(res["dice_bc"][0, j])
+            r["dice"] = float(res["dice_bc"][0, j])
+            sums[r["class_index"]] += r["dice"]
             counts[r["class_index"]] += 1
+            if "token_logits" in r:  # every expert token's mask, scored the same way (SegMoTE only)
+                tl = r.pop("token_logits")
+                r["token_dice"] = _dice_rows(upscale(tl[:, None], size=tuple(truth.shape[-2:]))[:, 0] > 0,
+                                             truth[0, j]).tolist()
     per_image_t = torch.tensor(per_image, dtype=torch.float64)
     return {"dice": float(per_image_t[~per_image_t.isnan()].mean()), "per_class": sums / counts, "rows": rows}
+
+
+@torch.no_grad()
+def evaluate(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, seed: int = 0, items: str = "all",
+             noisy: bool = False, token_dice: bool = True) -> dict[str, Any]:
+    """SegMoTE's Dice with one prompt kind for every item, plus what the router chose per item.
+
+    ``prompt``: ``box`` (the mask's box, no jitter), ``point`` (one foreground point) or ``free`` (PPT, group-A items
+    only). ``items="group_a"`` scores box or point on the group-A items only, the items PPT is scored on (Table 4
+    like for like). The metric is :func:`medmoe.metrics.per_class_per_image_dice`: each item's low-resolution logits
+    are upsampled (bilinear) to its ground truth's resolution
+    (:meth:`~medmoe.papers.segmote.data.SegTasks.original_mask`: the stored image size for IMIS data, as the
+    reference test code), thresholded at 0, and scored per class per image; the classes of an
+    image are averaged, then the images.
+
+    ``noisy=True`` routes as in training (the Eq. 2 noise on; SAM stays in eval mode): the routing statistics in
+    training mode. The masks are then those of noisy routing too.
+
+    Devices: prompts are drawn from the CPU masks, the model inputs (embeddings or images, boxes, points) go to the
+    model's device, and the logits come back to the CPU, where the ground truth is: the metric sees one device.
+
+    Returns ``dice`` (float), ``per_class`` ``(len(class_names),)`` (NaN for classes never evaluated) and ``rows``:
+    per item its ``image_index``, ``class_index``, ``modality``, ``group_a``, ``dice`` (the item's Dice), the
+    ``selected`` token, the expert that every MoTE layer chose for that token (``experts``), the last layer's routing
+    confidence per token (``confidence``, ``(T,)``: the softmax probability of each token's chosen expert) and, with
+    ``token_dice``, the Dice every expert token's own mask would have had (``token_dice``, ``(T,)``).
+    """
+    was = model.training
+    model.train(noisy)
+    device = next(iter(model.trainable_parameters())).device
+
+    def decode(inputs, kinds, boxes, points):
+        out = _prompted(model, inputs, kinds, boxes, points)
+        last = out.motes[-1].gate
+        conf = last.probs.gather(-1, last.indices[..., :1])[..., 0]
+        extra = []
+        for i in range(len(kinds)):
+            sel = int(out.selected[i])
+            e = {"selected": sel, "experts": [int(m.gate.indices[i, sel, 0]) for m in out.motes],
+                 "confidence": conf[i].float().cpu().tolist()}
+            if token_dice:
+                e["token_logits"] = out.expert_masks[i].float().cpu()
+            extra.append(e)
+        return out.masks, extra
+
+    try:
+        return _evaluate(decode, model.upscale, data, prompt=prompt, batch_size=batch_size, seed=seed, items=items,
+                         device=device)
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def evaluate_standin(model, data: EmbeddingTasks, *, prompt: str, batch_size: int = 64, seed: int = 0,
+                     items: str = "all") -> dict[str, Any]:
+    """The frozen foundation model's own decoding, without expert tokens: ``model.sam``'s first mask token
+    (:func:`sam_decode`) on the same items, prompts and metric as :func:`evaluate` (the baseline SegMoTE must beat).
+    ``prompt`` is ``box`` or ``point`` (SAM has no prompt-free path). Returns ``dice``, ``per_class`` and ``rows``
+    (each with the item's ``dice``)."""
+    if prompt == "free":
+        raise ValueError("the frozen SAM has no prompt-free path: prompt must be box or point")
+    device = next(iter(model.sam.parameters())).device
+
+    def decode(inputs, kinds, boxes, points):
+        if "emb" in inputs:
+            emb = inputs["emb"]
+        else:  # not cached: run the frozen image encoder here
+            emb, _ = model.encode(inputs["image"])
+        if kinds[0] == "box":
+            masks = sam_decode(model.sam, emb, boxes=boxes)
+        else:
+            masks = sam_decode(model.sam, emb, points=(points, points.new_ones(points.shape[0], 1)))
+        return masks, [{} for _ in kinds]
+
+    return _evaluate(decode, model.upscale, data, prompt=prompt, batch_size=batch_size, seed=seed, items=items,
+                     device=device)
+
+
+def router_weights(model) -> list[torch.Tensor]:
+    """A copy of every MoTE layer's router weights ``W_g`` ``(D, E)`` (on the CPU), to measure later how far
+    training moved them (:func:`router_drift`)."""
+    return [m.gate.w_gate.detach().float().cpu().clone() for m in model.motes]
+
+
+def router_drift(before: Sequence[torch.Tensor], model) -> list[dict[str, float]]:
+    """Per MoTE layer: ``||W_g - W_g0||_F`` (``moved``), ``||W_g0||_F`` (``initial``) and their ratio (``relative``;
+    NaN for the code's zero init, where any move is infinitely many times the start).
+
+    Example:
+        >>> m = build_model("segmote_test", router_init_std=0.1)
+        >>> w0 = router_weights(m)
+        >>> router_drift(w0, m)[0]["moved"]
+        0.0
+    """
+    out = []
+    for w0, m in zip(before, model.motes):
+        moved = float((m.gate.w_gate.detach().float().cpu() - w0).norm())
+        initial = float(w0.norm())
+        out.append({"moved": moved, "initial": initial, "relative": moved / initial if initial > 0 else float("nan")})
+    return out
+
+
+ROUTER_SETTINGS: dict[str, dict[str, float]] = {
+    "paper": {"router_init_std": 0.0, "router_lr_scale": 1.0},
+    "deviation": {"router_init_std": 0.1, "router_lr_scale": 10.0},
+}
+"""The named switch for MoTE's router (``router`` in the chapter's parameters).
+
+* ``paper``: the released code's zero-initialised ``W_g`` and ``W_n``, trained at the same learning rate as every
+  other new module. Every clean logit starts at 0, so routing starts out decided by the Eq. 2 noise alone.
+* ``deviation`` (the book's, not the paper's): ``W_g ~ N(0, 0.1^2)`` (``router_init_std``; with LayerNorm-ed tokens of
+  width 64 the clean logits start with a spread of about 0.8, so routing is input-dependent from the first step) and
+  the router's ``W_g``, ``W_n`` in their own AdamW parameter group at ``router_lr_scale`` (10) times the learning rate
+  of the other modules.
+"""
 
 
 def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any, epochs: int, lr: float,
           batch_size: int, seed: int = 0, run_key: str | None = None, stage: str = "segmote", loss: str = "dice_bce",
           balance_weight: float = 0.01, lr_milestones: Sequence[int] = (), weight_decay: float = 1e-5,
-          progress: bool = False, resume: bool = True) -> FitResult:
+          router_lr_scale: float = 1.0, progress: bool = False, resume: bool = True) -> FitResult:
     """Train one stage with :func:`medmoe.engine.train_loop` (AdamW at ``lr`` with ``weight_decay``, ``epochs``
     epochs, batches of ``batch_size`` shuffled with ``seed``).
 
@@ -294,6 +406,10 @@ def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any
     AdamW and Adam's L2 term differ by a negligible amount; torch's default (``0.01``) would not be the code's.
     ``weight_decay`` applies to that stage only; the quick profile's stand-in pretraining (not a paper setting)
     keeps AdamW's default.
+
+    ``router_lr_scale`` (``stage="segmote"``): the MoTE routers' ``W_g`` and ``W_n`` form a second parameter group at
+    ``router_lr_scale x lr`` (1: one learning rate for all, as the code; the book's deviation,
+    :data:`ROUTER_SETTINGS`, uses 10). The first group holds every other new module, so the logged ``lr`` is theirs.
 
     Stages:
 
@@ -316,6 +432,8 @@ def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if not router_lr_scale > 0:
+        raise ValueError(f"router_lr_scale must be > 0, got {router_lr_scale}")
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; use one of {STAGES}")
     if loss not in LOSSES:
@@ -333,7 +451,14 @@ def train(model: nn.Module, train_set: Any, val_set: Any = None, *, out_dir: Any
         return train_loop(sam, torch.optim.AdamW(sam.parameters(), lr=lr), train_set,
                           step_fn=lambda m, b: sam_pretrain_step(m, b, loss_fn=loss_fn, generator=generator),
                           config=config, batch_size=batch_size, val_set=val_set)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=weight_decay)  # the code's 1e-5
+    routers = {id(p) for m in model.motes for p in m.gate.parameters() if p.requires_grad}
+    groups = [{"params": [p for p in model.trainable_parameters() if id(p) not in routers]}]
+    if router_lr_scale != 1.0:
+        groups.append({"params": [p for p in model.trainable_parameters() if id(p) in routers],
+                       "lr": lr * router_lr_scale})
+    else:
+        groups[0]["params"] = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)  # the code's 1e-5
     milestones = [int(e) for e in lr_milestones]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.5) if milestones else None
     config = TrainConfig(out_dir=out_dir, epochs=epochs, seed=seed, progress=progress, resume=resume, run_key=run_key,
