@@ -20,7 +20,7 @@ Example:
     >>> rec["verdict"], rec["delta"]["n"], round(rec["delta"]["mean"], 4)
     ('supported', 3, 0.025)
     >>> claim_sentence(rec)  # doctest: +NORMALIZE_WHITESPACE
-    'Experts beat one expert. Dice: MoE 0.810 ± 0.010 vs dense 0.785 ± 0.005 over 3 paired seeds;
+    'Experts beat one expert. Measure: Dice. MoE 0.810 ± 0.010 vs dense 0.785 ± 0.005 over 3 paired seeds;
      Δ = +0.025 ± 0.005 (paired t = 8.66, one-sided p = 0.0065): supported.'
 """
 
@@ -170,7 +170,7 @@ def claim_sentence(record: dict[str, Any]) -> str:
     """The sentence a chapter prints for one evidence record (every number comes from the record)."""
     t, c, d = record["treatment"], record["control"], record["delta"]
     sign = "+" if d["mean"] >= 0 else "-"
-    text = (f"{record['claim']} {record['measure']}: {t['name']} {_num(t['mean'])} ± {_num(t['sd'])} vs "
+    text = (f"{record['claim']} Measure: {record['measure']}. {t['name']} {_num(t['mean'])} ± {_num(t['sd'])} vs "
             f"{c['name']} {_num(c['mean'])} ± {_num(c['sd'])} over {d['n']} paired seeds; "
             f"Δ = {sign}{_num(abs(d['mean']))} ± {_num(d['sd'])}")
     # t and p are stored oriented (positive t favours the treatment, also when lower is better)
@@ -186,19 +186,23 @@ def claim_sentence(record: dict[str, Any]) -> str:
 
 
 def claims_frame(records: Sequence[dict[str, Any]]):
-    """A table of records for the page: claim, measure, both arms as mean ± sd, Δ ± sd, p, chance, verdict."""
+    """A compact table of records for the page (the full claim and measure are in :func:`claim_sentence`): the claim
+    shortened, both arms as mean ± sd, Δ ± sd, the one-sided p, the chance baseline and the verdict; rows from 1."""
     import pandas as pd  # local: only the page needs a table
 
     rows = []
     for r in records:
         d = r["delta"]
+        claim = r["claim"] if len(r["claim"]) <= 60 else r["claim"][:57].rstrip() + "..."
         rows.append({
-            "claim": r["claim"], "measure": r["measure"],
+            "claim": claim,
             "treatment": f"{r['treatment']['name']}: {_num(r['treatment']['mean'])} ± {_num(r['treatment']['sd'])}",
             "control": f"{r['control']['name']}: {_num(r['control']['mean'])} ± {_num(r['control']['sd'])}",
             "Δ (paired)": f"{d['mean']:+.3f} ± {_num(d['sd'])} (n={d['n']})",
-            "p (one-sided)": d.get("p"),
+            "p": None if d.get("p") is None else round(float(d["p"]), 3),
             "chance": "-" if not r.get("chance") else f"{_num(r['chance']['value'])} (p={r['chance']['p']:.2g})",
             "verdict": r["verdict"],
         })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.index = range(1, len(frame) + 1)
+    return frame
