@@ -97,6 +97,16 @@ seeds = [seed + i for i in range(n_seeds)]
 print(f"medmoe {medmoe.__version__}, torch {torch.__version__}, device {dev}, seeds {seeds}, experts {n_experts}")
 
 # %% [markdown]
+# **The architecture at a glance:** one mixture-of-experts layer as `medmoe.moe` builds it: the gate, top-k routing, dispatch to the experts, the weighted combination and the balance losses (after Shazeer et al.'s Fig. 1). Grey parts are frozen, green ones train,
+# experts are orange, routers purple and losses red; the figure is drawn in code by
+# `medmoe.diagrams.moe_layer`.
+
+# %% tags=["remove-input"]
+from medmoe.diagrams import moe_layer as architecture_diagram
+
+fig = architecture_diagram()
+
+# %% [markdown]
 # ## 1. The data: phantoms that need routing
 #
 # The book's default data are procedurally generated medical phantoms (`medmoe.data.phantoms`):
@@ -496,4 +506,4 @@ metrics = {
     "headline_verdict": claims[0]["verdict"],
 }
 save_results(run_dir, metrics, modalities=modalities, image_size=image_size, claims=claims)
-print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir}")
+print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir.name}/")

@@ -129,6 +129,16 @@ seeds = [seed + i for i in range(n_seeds)]
 print(f"profile {profile}: {dataset} data, config {config}, text encoder {text_encoder}, seeds {seeds}, device {environment()['device']}")
 
 # %% [markdown]
+# **The architecture at a glance:** Ariadne's Thread with MLMoE's text experts and gate, and the text-absent stage with its virtual prompt and adapters (the counterpart of MLMoE's Fig. 1, drawn from this book's implementation). Grey parts are frozen, green ones train,
+# experts are orange, routers purple and losses red; the figure is drawn in code by
+# `medmoe.diagrams.mlmoe`.
+
+# %% tags=["remove-input"]
+from medmoe.diagrams import mlmoe as architecture_diagram
+
+fig = architecture_diagram()
+
+# %% [markdown]
 # ## 1. Data: one loader for the phantoms and QaTa-COV19
 #
 # The phantoms are written to disk in the layout the base code reads for QaTa-COV19 (`Train/Images`,
@@ -151,7 +161,7 @@ else:
     raise ValueError(f"dataset must be phantoms, qata or mosmed, got {dataset!r}")
 splits = {s: QaTaDataset(root=root, split=s, size=image_size, interpolation=interpolation,
                          zoom_prob=zoom_prob if s == "train" else 0.0, seed=seed) for s in ("train", "val", "test")}
-print({s: len(d) for s, d in splits.items()}, "images from", root)
+print({s: len(d) for s, d in splits.items()}, "images from", root.name)
 examples = [dict(splits["test"][i], modality_name="cxr") for i in range(4)]
 fig = phantom_gallery(examples)
 
@@ -668,4 +678,4 @@ metrics[f"gate_nmi[{nmi_attribute}]"] = float(probe["NMI"])
 metrics[f"gate_nmi_chance[{nmi_attribute}]"] = float(probe["permutation chance"])
 metrics["headline_verdict"] = claims[0]["verdict"]
 save_results(run_dir, metrics, results=records, claims=claims)
-print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir}")
+print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir.name}/")

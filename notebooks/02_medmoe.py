@@ -128,6 +128,16 @@ seeds = [seed + i for i in range(n_seeds)]
 print(f"profile {profile}: {dataset} data, config {config}, text encoder {text_encoder}, seeds {seeds}, device {environment()['device']}")
 
 # %% [markdown]
+# **The architecture at a glance:** the Swin encoder's scales, the hard router and the modality experts with their scale attention, and the GLoRIA losses against the frozen text encoder (the counterpart of MedMoE's Fig. 2, drawn from this book's implementation). Grey parts are frozen, green ones train,
+# experts are orange, routers purple and losses red; the figure is drawn in code by
+# `medmoe.diagrams.medmoe`.
+
+# %% tags=["remove-input"]
+from medmoe.diagrams import medmoe as architecture_diagram
+
+fig = architecture_diagram()
+
+# %% [markdown]
 # ## 1. Data: image&ndash;report pairs with a modality label
 #
 # MedMoE pretrains on UniMed caption tables: every caption of an image is one sample, and each sample carries a
@@ -772,4 +782,4 @@ if bench_batch:
     metrics["bench_dispatched_over_k1"] = float(bench["dispatched_over_k1"])
     metrics["bench_all_experts_over_dispatched"] = float(bench["all_experts_over_dispatched"])
 save_results(run_dir, metrics, zero_shot=zs_rows, linear_probe=lp_rows, router=router_rows, claims=claims)
-print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir}")
+print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir.name}/")

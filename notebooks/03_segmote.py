@@ -146,6 +146,16 @@ print(f"profile {profile}: config {config}, E={num_experts}, T={num_expert_token
       f"router {router} {router_setting}")
 
 # %% [markdown]
+# **The architecture at a glance:** the frozen SAM, the expert tokens, one MoTE per decoder layer and the prompt-free PPT (the counterpart of SegMoTE's Figs. 2 and 3, drawn from this book's implementation). Grey parts are frozen, green ones train,
+# experts are orange, routers purple and losses red; the figure is drawn in code by
+# `medmoe.diagrams.segmote`.
+
+# %% tags=["remove-input"]
+from medmoe.diagrams import segmote as architecture_diagram
+
+fig = architecture_diagram()
+
+# %% [markdown]
 # ## 1. Data: one item per (image, class)
 #
 # The reference code prompts every class present in an image separately, and scores Dice per class per image. The
@@ -656,4 +666,4 @@ if dataset == "phantoms":  # the quick analogues of the paper's data sets (PHANT
                 metrics[f"dice_{prompt}_{code}"] = float(np.mean(vals))
 save_results(run_dir, metrics, claims=claims,
              evaluations=[{k: v for k, v in e.items() if k != "rows"} for e in evals], router_drift=drift)
-print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir}")
+print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir.name}/")

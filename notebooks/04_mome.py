@@ -116,6 +116,16 @@ print(f"profile {profile}: {dataset} data, {base_config} vs {mome_config}, seeds
       f"device {environment()['device']}")
 
 # %% [markdown]
+# **The architecture at a glance:** the Universal Model's Swin UNETR and class-text controller with MoME's text-guided router over decoder layers (the paper has no public figure: this is the book's reconstruction). Grey parts are frozen, green ones train,
+# experts are orange, routers purple and losses red; the figure is drawn in code by
+# `medmoe.diagrams.mome`.
+
+# %% tags=["remove-input"]
+from medmoe.diagrams import mome as architecture_diagram
+
+fig = architecture_diagram()
+
+# %% [markdown]
 # ## 1. Partially labelled data
 #
 # Each source data set annotates only some organs; a voxel of an unannotated organ is background *in that
@@ -565,4 +575,4 @@ metrics["router_weights_inside_per_seed"] = {int(s): [float(x) for x in v] for s
 if sides is not None:
     metrics["kidney_sides"] = sides.drop(columns="head").to_dict(orient="records")
 save_results(run_dir, metrics, history=histories, claims=claims)
-print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir}")
+print(f"saved {len(metrics)} metrics and {len(claims)} claims to {run_dir.name}/")
