@@ -10,6 +10,9 @@ STAMP    := $(VENV)/.medmoe-installed
 # adds its notebook here without editing this file.
 NOTEBOOKS = $(shell $(BIN)/medmoe chapters --paths)
 REHEARSED = $(shell $(BIN)/medmoe chapters --paths --with-profile rehearsal)
+# Chapters without a paper: they read the paper chapters' runs and train nothing, so they run after them
+# (profiles in notebooks/profiles.yaml).
+SYNTHESES = notebooks/05_comparison.py
 REHEARSAL_SECONDS ?= 60
 PROFILE  ?= quick
 
@@ -31,7 +34,7 @@ install: $(STAMP)
 notebooks: $(STAMP)
 	@mkdir -p book/chapters
 	@test -n "$(NOTEBOOKS)" || { echo "no chapter notebooks found (medmoe chapters --paths)"; exit 1; }
-	@set -e; for nb in $(NOTEBOOKS); do \
+	@set -e; for nb in $(NOTEBOOKS) $(SYNTHESES); do \
 	  stem=$$(basename $$nb .py); \
 	  echo "== medmoe run $$nb --profile $(PROFILE)"; \
 	  $(BIN)/medmoe run $$nb --profile $(PROFILE) --out runs/$(PROFILE)/$$stem; \
@@ -60,7 +63,7 @@ unit: $(STAMP)
 
 nbval: $(STAMP)
 	rm -rf build/nbval
-	$(BIN)/medmoe prepare $(NOTEBOOKS) --profile smoke --out-dir build/nbval
+	$(BIN)/medmoe prepare $(NOTEBOOKS) $(SYNTHESES) --profile smoke --out-dir build/nbval
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider build/nbval -q
 
 # The paper path of every chapter, end to end (loaders, weight loading, evaluation protocol, figure and registry
@@ -83,8 +86,8 @@ gpu-wheels: $(STAMP)
 
 # Keep each notebooks/NN_name.py and its paired .ipynb in step (the .ipynb is committed without outputs).
 sync: $(STAMP)
-	$(BIN)/jupytext --sync $(NOTEBOOKS)
-	$(BIN)/jupyter nbconvert --clear-output --inplace $(NOTEBOOKS:.py=.ipynb)
+	$(BIN)/jupytext --sync $(NOTEBOOKS) $(SYNTHESES)
+	$(BIN)/jupyter nbconvert --clear-output --inplace $(NOTEBOOKS:.py=.ipynb) $(SYNTHESES:.py=.ipynb)
 
 clean:
 	rm -rf book/_build book/chapters build runs

@@ -35,6 +35,14 @@
 # `medmoe/papers/primer/` (`model.py`, `recipe.py`, `card.yaml`), and every number printed below is computed by
 # this notebook when the book is built.
 #
+# **Prerequisites.** PyTorch modules and a training loop, softmax and cross-entropy; nothing about mixtures of
+# experts. **Where it leads.** Every later chapter builds on one part of this one:
+# [Chapter 1 (MLMoE)](01_mlmoe.ipynb) on the soft gate and the diversity loss,
+# [Chapter 2 (MedMoE)](02_medmoe.ipynb) on the hard router with an auxiliary loss,
+# [Chapter 3 (SegMoTE)](03_segmote.ipynb) on noisy top-$k$ routing per token and the CV² balance loss,
+# [Chapter 4 (MoME)](04_mome.ipynb) on soft routing per voxel, and
+# [Chapter 5](05_comparison.ipynb) sets the four designs side by side.
+#
 # **Time and hardware.** The `quick` profile runs in about a minute on a 2-core CPU
 # (the measured time of this build is on the [reproduction page](reproduction.md)).
 
@@ -70,7 +78,7 @@ aux_weight = 1.0
 router_init_std = 0.5
 device = "auto"
 
-# %%
+# %% tags=["hide-cell"]
 # %matplotlib inline
 import math
 from pathlib import Path
@@ -83,10 +91,21 @@ import torch
 import medmoe
 from medmoe.claims import MIN_SEEDS, VERDICT_RULE, chance_from_null, claim_sentence, claims_frame, paired_claim
 from medmoe.data.phantoms import MODALITIES, PhantomDataset2D
-from medmoe.moe import HardRouter, NoisyTopKGate, SoftGate, dispatch_combine
+from medmoe.moe import (
+    HardRouter,
+    NoisyTopKGate,
+    SoftGate,
+    dispatch_combine,
+    diversity_loss,
+    importance_load_loss,
+    plan_dispatch,
+    router_z_loss,
+    switch_balance_loss,
+)
 from medmoe.papers.primer import VARIANTS, build, evaluate, train
 from medmoe.papers.primer.recipe import loss_table, mean_sd_table, routing_stats
 from medmoe.repro import checkpoint_dir, save_results
+from medmoe.teaching import markdown, show_source
 from medmoe.utils import resolve_device, seed_everything
 from medmoe.viz import expert_load_bars, history_lines, phantom_gallery, routing_heatmaps
 
@@ -128,17 +147,33 @@ fig = phantom_gallery([test_ds[i] for i in range(len(modalities))])
 # %% [markdown]
 # ## 2. Three gates, one output type
 #
-# A mixture of $N$ experts computes $y = \sum_{i=1}^{N} g_i(x)\, E_i(x)$. The papers differ in how the
-# gate $g$ is made:
+# A mixture of $N$ experts $E_1, \dots, E_N$ with a gate $g$ computes {cite:p}`jacobs1991adaptive,shazeer2017moe`
 #
-# * **Soft gate** (MLMoE, Eq. 3): $g = \mathrm{softmax}(\Psi(f_t \oplus f_v)/\tau)$. Every expert runs; $\tau$
-#   is learned. `SoftGate`.
-# * **Noisy top-$k$** (SegMoTE, Eq. 1&ndash;5, after Shazeer et al.): logits $L = XW_g$, in training
-#   $\tilde L = L + (\mathrm{softplus}(XW_n)+\varepsilon)\odot Z$, keep the top $k$, softmax over them.
-#   Only $k$ experts run. With $k=1$ the softmax of one number is 1 and the router gets no gradient,
-#   so `NoisyTopKGate(straight_through=True)` passes the gradient of the full softmax through. `NoisyTopKGate`.
-# * **Hard router** (MedMoE, Sec. 4.3): an MLP and $\arg\max$; exactly one expert runs, and the router
-#   learns only from an auxiliary loss. `HardRouter`.
+# $$
+# y(x) = \sum_{i=1}^{N} g_i(x)\, E_i(x), \qquad g(x) \in \Delta^{N-1}\ \text{(weights} \ge 0 \text{ that sum to 1)}.
+# $$
+#
+# The papers differ in how the gate $g$ is made:
+#
+# * **Soft gate** (MLMoE, Eq. 3): with text features $f_t$, image features $f_v$, a small network $\Psi$ and a
+#   learned temperature $\tau > 0$,
+#
+#   $$ g = \mathrm{softmax}\big(\Psi(f_t \oplus f_v)/\tau\big). $$
+#
+#   Every expert runs. Code: `SoftGate`.
+# * **Noisy top-$k$** (SegMoTE, Eq. 1&ndash;5, after {cite:t}`shazeer2017moe`): for an input row $X$, with
+#   learned $W_g$, $W_n$ and $Z \sim \mathcal N(0, 1)$ drawn in training only,
+#
+#   $$
+#   L = X W_g, \qquad \tilde L = L + \big(\mathrm{softplus}(X W_n) + \varepsilon\big) \odot Z, \qquad
+#   g = \mathrm{softmax}\big(\mathrm{KeepTopK}(\tilde L, k)\big),
+#   $$
+#
+#   where $\mathrm{KeepTopK}$ sets all but the $k$ largest entries to $-\infty$. Only $k$ experts run. With
+#   $k=1$ the softmax of one number is 1 and the router gets no gradient, so
+#   `NoisyTopKGate(straight_through=True)` passes the gradient of the full softmax through. Code: `NoisyTopKGate`.
+# * **Hard router** (MedMoE, Sec. 4.3): an MLP $r$ and $i^\star = \arg\max_i r(x)_i$, $g = e_{i^\star}$ (one-hot);
+#   exactly one expert runs, and the router learns only from an auxiliary loss (Section 3). Code: `HardRouter`.
 #
 # All three return the same `GateOutput(weights, probs, logits, indices)`:
 
@@ -168,6 +203,52 @@ for ax, tau in zip(axes, taus):
     ax.set_xticks(range(4))
 axes[0].set_ylabel("g_i")
 fig.tight_layout()
+
+# %% [markdown]
+# ### Dispatch and combine on a toy batch
+#
+# A gate only *decides*; `dispatch_combine` runs the decision. It takes the rows $x_m$, the experts, the chosen
+# expert ids $i_{m1}, \dots, i_{mk}$ of each row and the gate weights $w$, and computes
+#
+# $$ y_m = \sum_{j=1}^{k} w_{m, i_{mj}}\, E_{i_{mj}}(x_m), $$
+#
+# calling each expert once, on the rows routed to it. This is the library's own code (the function every chapter
+# uses, and `plan_dispatch`, which groups the rows):
+
+# %%
+show_source(plan_dispatch, dispatch_combine)
+
+# %% [markdown]
+# Six inputs, three experts, a top-2 noisy gate (in eval mode, so without noise): every input goes to its two
+# best experts, weighted by the softmax over those two. The plan groups the (input, choice) pairs by expert; each
+# expert runs once, on its group only; the weighted outputs are added back in the inputs' order.
+
+# %%
+toy_gen = torch.Generator().manual_seed(seed)
+x6 = torch.randn(6, 4, generator=toy_gen)  # (M, D): six inputs of four features
+gate3 = NoisyTopKGate(in_features=4, num_experts=3, k=2).eval()
+experts3 = torch.nn.ModuleList(torch.nn.Linear(4, 2) for _ in range(3))
+with torch.no_grad():
+    gate3.w_gate.copy_(torch.randn(4, 3, generator=toy_gen))  # SegMoTE starts at zero; random here, to route
+    for e in experts3:
+        e.weight.copy_(torch.randn(2, 4, generator=toy_gen))
+        e.bias.zero_()
+    g3 = gate3(x6)  # weights (6, 3), zero for the expert not chosen; indices (6, 2)
+    plan = plan_dispatch(g3.indices, 3)
+    y6, counts6 = dispatch_combine(x6, experts3, g3.indices, g3.weights)
+print(f"x {tuple(x6.shape)} -> indices {tuple(g3.indices.shape)}, weights {tuple(g3.weights.shape)}, "
+      f"y {tuple(y6.shape)}")
+print("experts of each input:", g3.indices.tolist())
+print("weights:\n", g3.weights.numpy().round(3))
+print("inputs grouped by expert:", {e: rows.tolist() for e, rows in enumerate(plan.split())})
+print("inputs per expert:", counts6.tolist(), f"(sum {int(counts6.sum())} = 6 inputs x k 2)")
+m = 0
+a, b = g3.indices[m].tolist()
+with torch.no_grad():  # y_0 = w_{0,a} E_a(x_0) + w_{0,b} E_b(x_0), computed without dispatch
+    hand = g3.weights[m, a] * experts3[a](x6[m]) + g3.weights[m, b] * experts3[b](x6[m])
+print(f"by hand, input {m}: {float(g3.weights[m, a]):.3f}·E_{a}(x_{m}) + {float(g3.weights[m, b]):.3f}·E_{b}(x_{m}) = "
+      f"{[round(v, 4) for v in hand.tolist()]}; dispatch_combine gave {[round(v, 4) for v in y6[m].tolist()]}")
+torch.testing.assert_close(y6[m], hand)
 
 # %% [markdown]
 # ### What sparse routing saves
@@ -266,12 +347,50 @@ assert abs(sum(parts) - float(y_vox[0, 0, d, h, w])) < 1e-5
 # ## 3. The losses that keep experts busy
 #
 # Left alone, a router tends to collapse: one expert gets better, so it gets chosen more, so it gets
-# better. Each paper counters that differently. The table below applies the losses to hand-made router
+# better {cite:p}`shazeer2017moe`. Each paper counters that differently. Over a batch $\mathcal B$ of inputs $x$
+# with gate probabilities $g(x)$ (the full softmax), combine weights $G(x)$ (zero for experts not chosen) and
+# router logits $l(x)$:
+#
+# * **Diversity loss** (MLMoE, Sec. II-B; code `diversity_loss`), with the entropy $H(p) = -\sum_i p_i \log p_i$:
+#
+#   $$ \mathcal L_{\mathrm{div}} = \mathbb E_{x}\big[H(g(x))\big] - H\big(\mathbb E_{x}[g(x)]\big). $$
+#
+#   The first term wants each input's gate decisive, the second wants the batch's average gate spread out.
+# * **CV² importance + load** (SegMoTE Eq. 7&ndash;9, after {cite:t}`shazeer2017moe`; code
+#   `importance_load_loss`, `cv_squared`):
+#
+#   $$
+#   \mathrm{imp}_i = \sum_{x} G_i(x), \qquad \mathrm{load}_i = \sum_{x} \mathbb 1\big[G_i(x) > 0\big], \qquad
+#   \mathcal L_{\mathrm{bal}} = \mathrm{CV}^2(\mathrm{imp}) + \mathrm{CV}^2(\mathrm{load}), \qquad
+#   \mathrm{CV}^2(v) = \frac{\mathrm{Var}(v)}{\mathrm{mean}(v)^2}.
+#   $$
+# * **Switch loss** {cite:p}`fedus2022switch` (code `switch_balance_loss`): $f_i$ is the fraction of inputs whose
+#   top-1 expert is $i$, $P_i$ the mean router probability of expert $i$:
+#
+#   $$
+#   f_i = \frac{1}{|\mathcal B|} \sum_{x} \mathbb 1\big[\arg\max_j g_j(x) = i\big], \qquad
+#   P_i = \frac{1}{|\mathcal B|} \sum_{x} g_i(x), \qquad \mathcal L_{\mathrm{switch}} = N \sum_{i=1}^{N} f_i P_i.
+#   $$
+#
+#   $f$ counts and has no gradient; $P$ carries it. Balanced routing gives 1, one expert taking everything $N$.
+# * **Router z-loss** {cite:p}`zoph2022stmoe` (code `router_z_loss`):
+#
+#   $$ \mathcal L_z = \frac{1}{|\mathcal B|} \sum_{x} \Big(\log \sum_{i=1}^{N} e^{l_i(x)}\Big)^2. $$
+# * **Auxiliary modality loss** (MedMoE; code `HardRouter.aux_loss`): the router's cross-entropy towards the expert
+#   assigned to the input's modality $m(x)$, $\mathcal L_{\mathrm{aux}} = -\frac{1}{|\mathcal B|}\sum_x
+#   \log \mathrm{softmax}(r(x))_{m(x)}$.
+#
+# Each is computed by a short function of `medmoe.moe.losses`:
+
+# %%
+show_source(diversity_loss, importance_load_loss, switch_balance_loss, router_z_loss)
+
+# %% [markdown]
+# The table below applies the losses to hand-made router
 # **logits** (rows = inputs, columns = experts; the gate is their softmax): the diversity loss is lowest for
 # confident *and* varied gates, the CV² balance loss is zero for balanced use, and the Switch loss
-# $N\sum_i f_i P_i$ is 1 when balanced and close to $N$ when collapsed. The router **z-loss** of ST-MoE (Zoph et
-# al. 2022), $\frac{1}{B}\sum_x \big(\log\sum_i e^{l_i(x)}\big)^2$, is the only one that reads the logits
-# themselves: adding 5 to every logit leaves the softmax, and so every other loss, unchanged, and raises the
+# $N\sum_i f_i P_i$ is 1 when balanced and close to $N$ when collapsed. The router **z-loss** is the only one that
+# reads the logits themselves: adding 5 to every logit leaves the softmax, and so every other loss, unchanged, and raises the
 # z-loss, which exists to keep router logits small. It must be given logits: on log-probabilities
 # $\log\sum_i g_i = \log 1 = 0$ for every gate. The row "soft, varied" writes its logits as
 # log-probabilities, $l = \log g$, so it shows that case.
@@ -293,8 +412,18 @@ loss_table(cases).round(3)
 # convolutional expert heads that each predict the lesion mask. The router sees the pooled mean and
 # spread of the stem's features. We train six variants with the same data, optimiser and number of
 # steps, on each of the seeds in `seeds` (every variant on the same seeds, so each seed gives one paired
-# comparison), using the book's one training loop (`medmoe.engine.fit`, on Hugging Face Accelerate), and the
-# segmentation loss Dice + BCE (MONAI's `DiceCELoss`). A seed sets the model's initial weights, the order of the
+# comparison), using the book's one training loop (`medmoe.engine.fit`, on Hugging Face Accelerate). Every variant
+# minimises the segmentation loss plus its extra loss of Section 3, with weight $\lambda$ (`diversity_weight`,
+# `balance_weight` or `aux_weight`):
+#
+# $$
+# \mathcal L = \underbrace{1 - \frac{2\sum_p \hat y_p y_p}{\sum_p \hat y_p + \sum_p y_p}}_{\text{Dice}}
+#   \; \underbrace{- \frac{1}{P}\sum_p \big[y_p \log \hat y_p + (1 - y_p)\log(1 - \hat y_p)\big]}_{\text{BCE}}
+#   \; + \; \lambda\, \mathcal L_{\mathrm{extra}},
+# $$
+#
+# over the $P$ pixels $p$ of a mask $y$ and the sigmoid of the prediction $\hat y$ (MONAI's `DiceCELoss`; the code
+# is `medmoe.papers.primer.recipe.make_step`). A seed sets the model's initial weights, the order of the
 # training images and the noisy gate's noise; the images are the same for every seed.
 #
 # | variant | gate | extra loss |
@@ -440,7 +569,14 @@ claims_frame(claims)
 Markdown("\n".join(f"* {claim_sentence(r)}" for r in claims))
 
 # %% [markdown]
-# ## 7. What to take from this
+# ## Summary
+#
+# **What this chapter taught.** A mixture of experts is a gate plus experts plus a combination
+# $y = \sum_i g_i(x) E_i(x)$. The gate can be soft (every expert runs, weighted), noisy top-$k$ (only $k$ run) or
+# hard (one runs, the router learns from an auxiliary loss); `dispatch_combine` runs each expert on its own rows
+# only, whether a row is an image, a token or a voxel. Balance losses (diversity, CV², Switch) act on the
+# router's statistics over a batch, the z-loss on its logits. Whether experts *specialise* is a measurement: NMI
+# between routing and a label, against the same decisions shuffled, on paired seeds.
 #
 # What to look for in the tables and figures above:
 #
@@ -453,7 +589,7 @@ Markdown("\n".join(f"* {claim_sentence(r)}" for r in claims))
 #
 # The paragraph below is generated from this run's records and numbers, so it always describes what was measured:
 
-# %%
+# %% tags=["remove-input"]
 head, load_rec, cv2_rec, div_rec, pos = claims
 ctrl_chance = permutation_chance("top-1")
 lines = [f"Over {len(seeds)} seed(s) {seeds} ({n_experts} experts, {len(test_ds)} test images):"]
@@ -489,9 +625,29 @@ if means["h_given_label"].max() < 0.1 * math.log(n_experts):
 else:
     lines.append(f"H(expert | modality) reaches {means['h_given_label'].max():.3f} nats (`{worst}`; log N = "
                  f"{math.log(n_experts):.3f}): there, images of one modality are split over several experts.")
-Markdown("\n".join(lines))
+markdown("\n".join(lines))
 
-# %%
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is one command from the repository root; it re-runs this chapter with the quick profile and one
+# parameter changed, and writes a new page under `runs/`. Compare its tables with the ones above.
+#
+# 1. `medmoe run notebooks/00_moe_primer.py -p balance_weight 0.0` &mdash; no balance weight: `top-1 + CV²` and
+#    `top-1 + Switch` become the plain `top-1` router trained longer on the same seeds. Do their load entropy and
+#    NMI fall to the control's? This is the control of the headline claim, run as a treatment.
+# 2. `medmoe run notebooks/00_moe_primer.py -p n_experts 2` &mdash; fewer experts than modalities. NMI can now reach
+#    at most $\log 2 / \log 4 = 0.5$: which modalities share an expert, and does the positive control still beat
+#    its chance level?
+# 3. `medmoe run notebooks/00_moe_primer.py -p n_experts 8` &mdash; more experts than modalities. Does a balance loss
+#    split one modality over several experts (H(expert | modality) above 0), and what does that do to NMI?
+# 4. `medmoe run notebooks/00_moe_primer.py -p router_init_std 0.0` &mdash; the noisy top-1 routers start with
+#    $W_g = 0$, SegMoTE's initialisation: every image gets the same logits, and only the training noise breaks the
+#    tie. Which top-1 variants leave that start, and which stay on one expert?
+# 5. `medmoe run notebooks/00_moe_primer.py -p n_seeds 5 -p epochs 16` &mdash; more seeds and longer training. Does a
+#    verdict change? The verdict rule needs at least three paired seeds; more seeds narrow the interval.
+
+# %% tags=["hide-cell"]
 metrics = {
     "n_experts": n_experts,
     "seed": seed,

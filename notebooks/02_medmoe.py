@@ -31,6 +31,17 @@
 # 2. hard routing keeps the cost of one expert: 37 M parameters with all experts, 7.8 GFLOPs per image with one
 #    active (Table 3, against 27 M / 4.5 G for MedCLIP's Swin-T).
 #
+# **Prerequisites.** The primer's [gates](00_moe_primer.ipynb#2-three-gates-one-output-type) (MedMoE's router is
+# its hard top-1 gate), [dispatch](00_moe_primer.ipynb#dispatch-and-combine-on-a-toy-batch) (only the chosen expert
+# runs), [balance losses](00_moe_primer.ipynb#3-the-losses-that-keep-experts-busy) (MedMoE has none: a supervised
+# auxiliary loss takes their place), [specialisation statistics](00_moe_primer.ipynb#5-did-the-experts-specialise)
+# and [the verdict rule](00_moe_primer.ipynb#6-the-claim-the-control-the-verdict). Related chapters:
+# [Chapter 1](01_mlmoe.ipynb) (MLMoE, experts on the text side with a soft gate), [Chapter 3](03_segmote.ipynb)
+# (SegMoTE, per-token experts in a frozen SAM), [Chapter 4](04_mome.ipynb) (MoME, a text-guided router) and
+# [Chapter 5](05_comparison.ipynb), which sets the four designs side by side. The code of this chapter lives in
+# `medmoe/papers/medmoe/`: `model.py` (the Swin, the experts, the text branch), `recipe.py` (the losses, training and
+# evaluation), `data.py` and `evalsets.py`; the router is `medmoe.moe.HardRouter` (`medmoe/moe/gates.py`).
+#
 # **What this chapter runs.** The `quick` profile (this page) pretrains a small Swin and five experts on phantom
 # image&ndash;report pairs of five modalities (chest X-ray, CT, MRI, ultrasound, dermoscopy) on a CPU, three seeds,
 # with the packaged all-MiniLM-L6-v2 as the frozen text encoder, and beside it a **control with one expert**
@@ -95,7 +106,7 @@ bench_batch = 3              # images per timed batch in the routing-cost benchm
 bench_config = "medmoe_paper"  # the configuration the routing-cost benchmark times (the rehearsal: medmoe_test)
 device = "auto"
 
-# %%
+# %% tags=["hide-cell"]
 # %matplotlib inline
 import os
 from pathlib import Path
@@ -113,11 +124,12 @@ from medmoe.claims import MIN_SEEDS, chance_from_null, claim_sentence, claims_fr
 from medmoe.data.phantoms import MODALITIES, PhantomDataset2D, PhantomFindingSet
 from medmoe.engine import load_best
 from medmoe.env import environment
-from medmoe.moe import contingency
+from medmoe.moe import HardRouter, contingency, dispatch_combine
 from medmoe.papers.medmoe import CONFIGS, build, evaluate, recipe, train
 from medmoe.papers.medmoe.data import PHANTOM_ANALOGUE, ReportDataset, lesion_scale, split_by_image
-from medmoe.papers.medmoe.model import encode_reports
+from medmoe.papers.medmoe.model import MedMoE, MultiScaleExpert, encode_reports
 from medmoe.repro import checkpoint_dir, save_results
+from medmoe.teaching import markdown, show_source
 from medmoe.utils import resolve_device, seed_everything
 from medmoe.viz import phantom_gallery, routing_heatmaps, scale_weight_heatmaps
 
@@ -227,13 +239,41 @@ print("words :", r0.words_text[0], "-> cap_len", int(r0.cap_lens[0]))
 # %% [markdown]
 # ## 3. The architecture, with shapes
 #
-# Swin gives four maps $F^{(1..4)}$ at $H/4 \dots H/32$ (Sec. 4.2). The router computes
-# $\alpha = \mathrm{softmax}(W_2\,\mathrm{ReLU}(W_1 \bar v))$ on the mean of Swin's last hidden state and keeps
-# $k^* = \arg\max_k \alpha_k$ (Sec. 4.3; the paper's text routes on the report embedding $t_g$, its Fig. 2 and its
-# code on the image, which is what lets zero-shot inference run without a report). Expert $k$ projects each scale to
-# width $D$ with a 1&times;1 convolution and ReLU, aligns all scales to the $H/4$ token count, scores every
-# (location, scale) pair with a small MLP and fuses $V_k = \sum_\ell \beta_k^{(\ell)} F_k^{(\ell)}$ with $\beta$ a
-# softmax over the scales. Only the selected expert runs: $V_{local} = V_{k^*}$, $v_g = \mathrm{mean}(V_{local})$.
+# Swin gives four maps $F^{(1)}, \dots, F^{(4)}$ at $H/4, H/8, H/16, H/32$ (Sec. 4.2). **The router** (Sec. 4.3, the
+# equation for $\alpha$ and the sentence after it; the paper does not number its equations) scores the $K$ experts
+# from one vector per image and keeps the best:
+#
+# $$
+# z = W_2\,\mathrm{ReLU}(W_1 \bar v), \qquad \alpha = \mathrm{softmax}(z), \qquad k^* = \arg\max_{k} \alpha_k ,
+# $$
+#
+# computed by `medmoe.moe.HardRouter.forward`. Here $\bar v \in \mathbb{R}^{C_4}$ is the mean of the Swin's last
+# hidden state over its tokens, $W_1$ ($C_4 \to h$) and $W_2$ ($h \to K$) are the router MLP's weights (biases
+# omitted; $h = 128$ in the paper's configuration, 64 in the quick one), $z$ are the router's logits, $\alpha \in \mathbb{R}^K$ its probabilities and $k^*$ the one expert the
+# image is sent to. The paper's text routes on the report embedding $t_g$; its Fig. 2 and its code route on the
+# image, which is what lets zero-shot inference run without a report.
+#
+# **The experts** (Sec. 4.3, the equation for $V_k$). Expert $k$ projects scale $\ell$ to width $D$ with a
+# 1&times;1 convolution and ReLU and aligns it to the $P_0 = \frac{H}{4} \cdot \frac{W}{4}$ locations of the finest
+# scale, giving $F_k^{(\ell)} \in \mathbb{R}^{P_0 \times D}$; a small MLP $u_k$ ($D \to D/2 \to 1$) scores every
+# (location, scale) pair, a softmax over the scales gives the **scale attention** $\beta$, and the scales are fused:
+#
+# $$
+# \beta_k^{(\ell)}(p) = \frac{\exp u_k\big(F_k^{(\ell)}(p)\big)}{\sum_{\ell'=1}^{4} \exp u_k\big(F_k^{(\ell')}(p)\big)},
+# \qquad
+# V_k(p) = \sum_{\ell=1}^{4} \beta_k^{(\ell)}(p)\, F_k^{(\ell)}(p),
+# $$
+#
+# computed by `medmoe.papers.medmoe.model.MultiScaleExpert.forward`; $p$ is a location and $\beta_k^{(\ell)}(p)$ the
+# weight expert $k$ gives scale $\ell$ there (the four weights of a location sum to 1). Only the selected expert
+# runs (`medmoe.moe.dispatch_combine`), and its output is the image's local and global embedding:
+#
+# $$
+# V_{local} = V_{k^*}, \qquad v_g = \frac{1}{P_0} \sum_{p=1}^{P_0} V_{local}(p),
+# $$
+#
+# in `MedMoE.forward_head`; $V_{local}$ ($D \times \frac{H}{4} \times \frac{W}{4}$ once reshaped) feeds the local
+# loss and $v_g \in \mathbb{R}^D$ the global one. The symbols are those of the diagram above.
 
 # %%
 # The model of this profile (medmoe.papers.medmoe.build: build_model, with the Swin initialised from swin_weights
@@ -262,6 +302,60 @@ rows += [{"tensor": "routing feature (mean of last hidden state)", "shape": tupl
          {"tensor": "local features V_local", "shape": tuple(out.local.shape)},
          {"tensor": "global embedding v_g", "shape": tuple(out.global_.shape)}]
 pd.DataFrame(rows).set_index("tensor")
+
+# %% [markdown]
+# ### The MoE layer, on a toy batch
+#
+# This is the library's own code of the layer the chapter trains: the router's `forward` (the equation for $\alpha$
+# and $k^*$), one expert's `forward` (the scale attention $\beta$ and $V_k$) and `MedMoE.forward_head`, which sends
+# each image to its expert with `dispatch_combine` and pools $V_{local}$ into $v_g$.
+
+# %%
+show_source(HardRouter.forward, MultiScaleExpert.forward, MedMoE.forward_head)
+
+# %% [markdown]
+# The same classes at toy size: 4 images, $K = 3$ experts, four scales of 4, 8, 16 and 32 channels on
+# 8&times;8 ... 1&times;1 maps, $D = 6$, random weights. The routing feature $\bar v$ here is the mean of the coarsest map (the model
+# takes the mean of the Swin's last hidden state). The cell prints the router's probabilities $\alpha$, the chosen
+# expert $k^*$, the combine weights (one-hot: hard routing) and the shapes, then recomputes by hand, for each image,
+# $k^*$ from the MLP's weights and $\beta$ and $V_{k^*}$ from the chosen expert's projections and scale MLP, and
+# checks them against what the layer returned.
+
+# %%
+# Toy modules are initialised inside fork_rng and the inputs drawn from their own generator, so this cell leaves the
+# global random state (and hence the training below) exactly as it was.
+with torch.random.fork_rng(devices=[]):
+    torch.manual_seed(1)
+    toy_router = HardRouter(in_features=32, num_experts=3, hidden=8)
+    toy_experts = torch.nn.ModuleList(MultiScaleExpert(in_widths=(4, 8, 16, 32), width=6, attn_hidden=4) for _ in range(3))
+g_toy = torch.Generator().manual_seed(0)
+toy_maps = [torch.randn(4, c, 8 >> i, 8 >> i, generator=g_toy) for i, c in enumerate((4, 8, 16, 32))]
+toy_vbar = toy_maps[-1].flatten(2).mean(-1)  # (B, C_4): the routing feature
+with torch.no_grad():
+    toy_gate = toy_router(toy_vbar)
+    (toy_v, toy_beta), toy_counts = dispatch_combine(toy_maps, toy_experts, toy_gate.indices)
+print("scales F^(l):", [tuple(m.shape) for m in toy_maps], "| routing feature:", tuple(toy_vbar.shape))
+print("alpha (router probabilities):\n", toy_gate.probs.numpy().round(3))
+print("k* per image:", toy_gate.indices[:, 0].tolist(), "| images per expert:", toy_counts.tolist())
+print("combine weights (one-hot):", toy_gate.weights.tolist())
+print(f"V_k* {tuple(toy_v.shape)} (B, P_0, D), beta {tuple(toy_beta.shape)} (B, P_0, scales); "
+      "beta at the first location of each image (untrained, so close to an even 1/4):\n", toy_beta[:, 0].numpy().round(3))
+
+# by hand: k* = argmax softmax(W_2 ReLU(W_1 v)), then beta and V of the chosen expert for each image
+with torch.no_grad():
+    w1, w2 = toy_router.mlp[0], toy_router.mlp[2]
+    alpha_hand = torch.softmax(torch.relu(toy_vbar @ w1.weight.T + w1.bias) @ w2.weight.T + w2.bias, dim=-1)
+    assert torch.equal(alpha_hand.argmax(-1), toy_gate.indices[:, 0])
+    for tb, tk in enumerate(toy_gate.indices[:, 0].tolist()):
+        te = toy_experts[tk]  # the chosen expert of image tb
+        f_l = [torch.relu(proj(m[tb:tb + 1].flatten(2))) for proj, m in zip(te.proj, toy_maps)]  # (1, D, P_l)
+        f_l = torch.stack([torch.nn.functional.interpolate(f, size=64, mode="linear")[0].T for f in f_l], 1)  # (P_0, 4, D)
+        u = te.scale_attention(f_l)[..., 0]  # (P_0, 4): one score per location and scale
+        beta_hand = u.exp() / u.exp().sum(-1, keepdim=True)
+        torch.testing.assert_close(toy_beta[tb], beta_hand)
+        torch.testing.assert_close(toy_v[tb], (beta_hand[..., None] * f_l).sum(1))
+print("checked by hand: k* is the argmax of softmax(W_2 ReLU(W_1 v)); for every image, beta is the softmax over the "
+      "4 scales of the chosen expert's scale-MLP scores, and V_k* = sum_l beta^(l) F^(l)")
 
 # %% [markdown]
 # **Parameters and FLOPs (Table 3).** The paper configuration is built with random weights (nothing is downloaded)
@@ -312,17 +406,85 @@ if bench_batch:
 # %% [markdown]
 # ## 4. Pretraining: global + local contrast and the auxiliary loss
 #
-# The losses are GLoRIA's, as the released code computes them (Sec. 4.4&ndash;4.6):
+# The losses are GLoRIA's {cite:p}`huang2021gloria`, as the released code computes them (Sec. 4.4&ndash;4.6; the
+# paper does not number its equations). In a batch of $B$ image&ndash;report pairs, image $i$ has the global embedding
+# $v_{g,i}$ and the local features $V_{local,i}(m)$ at its $M = P_0$ regions $m$; report $j$ has the embedding
+# $t_{g,j}$ and the word vectors $t_{j,1}, \dots, t_{j,N_j}$ (rows of $T$; $N_j$ counts the words and `[SEP]`).
 #
-# * **global**: $\cos(v_g, t_g)$ times 10 ($\tau = 0.1$) over the batch, cross-entropy over rows plus over columns;
-# * **local**: every word of each report attends over the $H/4 \times W/4$ regions of every image (GLoRIA's double
-#   softmax: over words, then $\times 4$ over regions), giving a context $c_i$ per word; the image&ndash;report score
-#   $\log \sum_i \exp(5 \cos(t_i, c_i))$, times 10, goes through the same two-way cross-entropy;
-# * **auxiliary**: the router's cross-entropy against the modality label -- in the paper profile on the router's
-#   softmax probabilities, as the released code (`aux_on="probs"`), in the quick profile on its logits.
+# **Global loss** (Sec. 4.4, first equation), computed by `medmoe.papers.medmoe.recipe.global_contrastive_loss`. With
+# the scaled cosine $s_{ij} = \cos(v_{g,i}, t_{g,j}) / \tau$ and $\tau = 0.1$:
 #
-# Total: $0.5 (L_{l,0} + L_{l,1}) + 0.5 (L_{g,0} + L_{g,1}) + 2 L_{aux}$. The contrastive losses give the router no
-# gradient (its choice is hard), so it learns only from $L_{aux}$. Training runs on the book's loop
+# $$
+# L_{g,0} = -\frac{1}{B} \sum_{i=1}^{B} \log \frac{\exp s_{ii}}{\sum_{j=1}^{B} \exp s_{ij}}, \qquad
+# L_{g,1} = -\frac{1}{B} \sum_{j=1}^{B} \log \frac{\exp s_{jj}}{\sum_{i=1}^{B} \exp s_{ij}}, \qquad
+# L_{global} = L_{g,0} + L_{g,1}.
+# $$
+#
+# $L_{g,0}$ picks each image's report among the batch's reports and $L_{g,1}$ each report's image; the paper writes
+# the first direction for one pair, the code (GLoRIA's) averages over the batch and adds the second.
+#
+# **Local loss** (Sec. 4.4, the equations for $a_{ij}$, $c_i$ and $L_{local}$), computed by
+# `recipe.local_contrastive_loss` from the scores of `recipe.local_similarity` (the attention alone:
+# `recipe.gloria_attention`). For a pair (image $i$, report $j$), every word $w$ attends over the regions of the image
+# by GLoRIA's double softmax, first over the words, then, sharpened by $\gamma_1 = 4$, over the regions, and reads a
+# context vector $c_{ij,w}$:
+#
+# $$
+# \tilde a_{wm} = \frac{\exp\big(t_{j,w}^\top V_{local,i}(m)\big)}{\sum_{w'=1}^{N_j} \exp\big(t_{j,w'}^\top V_{local,i}(m)\big)},
+# \qquad
+# a_{wm} = \frac{\exp(\gamma_1 \tilde a_{wm})}{\sum_{m'=1}^{M} \exp(\gamma_1 \tilde a_{wm'})},
+# \qquad
+# c_{ij,w} = \sum_{m=1}^{M} a_{wm}\, V_{local,i}(m).
+# $$
+#
+# Each word is compared with its context, and the words are pooled into one image&ndash;report score $S_{ij}$
+# ($\gamma_2 = 5$), which goes through the same two-way cross-entropy as the global loss:
+#
+# $$
+# S_{ij} = \log \sum_{w=1}^{N_j} \exp\big(\gamma_2 \cos(t_{j,w}, c_{ij,w})\big), \qquad
+# L_{local} = L_{l,0} + L_{l,1},
+# $$
+#
+# where $L_{l,0}$ and $L_{l,1}$ are $L_{g,0}$ and $L_{g,1}$ with $s_{ij}$ replaced by $S_{ij} / \tau$. The paper's
+# text writes a different contrast: each word's context $c_i$ against the other words $t_j$ of the *same* report,
+#
+# $$
+# L_{local}^{\text{paper}} = -\sum_{i=1}^{N} \log \frac{\exp(\cos(c_i, t_i) / \tau)}{\sum_{j=1}^{N} \exp(\cos(c_i, t_j) / \tau)};
+# $$
+#
+# the code, and the book, contrast whole image&ndash;report pairs through $S_{ij}$ (section 9).
+#
+# **Auxiliary loss** (Sec. 4.5, the $L_{aux}$ equation), computed by `MedMoE.aux_loss` (which calls
+# `medmoe.moe.HardRouter.aux_loss`). It is a cross-entropy of the *router* against the modality label $y_b$ of image
+# $b$ (expert $k$ is the target of label $k$); the paper writes it on a separate head over $t_g$,
+# $\mathrm{CE}(W_c\, t_g, y)$, the released code puts it on the router. The two profiles differ in what the
+# cross-entropy reads. The **quick profile** (`aux_on="logits"`, this page) reads the router's logits $z_b$, the
+# usual cross-entropy:
+#
+# $$
+# L_{aux} = -\frac{1}{B} \sum_{b=1}^{B} \log \mathrm{softmax}(z_b)_{y_b} = -\frac{1}{B} \sum_{b=1}^{B} \log \alpha_{b, y_b}.
+# $$
+#
+# The **paper profile** (`aux_on="probs"`) does what the released code does, `F.cross_entropy(router_probs, y)`: the
+# probabilities $\alpha_b$ are read as if they were logits, a double softmax (the diagram's $\mathrm{CE}(\alpha, y)$):
+#
+# $$
+# L_{aux}^{\text{code}} = -\frac{1}{B} \sum_{b=1}^{B} \log \mathrm{softmax}(\alpha_b)_{y_b}.
+# $$
+#
+# Since $\alpha_b \in [0, 1]^K$, this form never drops below $\log(K - 1 + e) - 1$ (reached by a one-hot $\alpha_b$)
+# and its gradient stays small, which is why the CPU budget of the quick profile trains on the logits.
+#
+# **Total** (Sec. 4.6), computed by `recipe.pretrain_step` with the weights of `recipe.LossWeights`:
+#
+# $$
+# \mathcal{L} = 0.5\,(L_{l,0} + L_{l,1}) + 0.5\,(L_{g,0} + L_{g,1}) + 2\,L_{aux}
+# = \tfrac{1}{2} \big( L_{global} + L_{local} + \lambda L_{aux} \big), \qquad \lambda = 4,
+# $$
+#
+# the paper's $\mathcal{L}_{total} = L_{global} + L_{local} + \lambda L_{aux}$ with the code's $\lambda = 4$, halved.
+# The contrastive losses give the router no gradient (its choice is hard and its combine weight a constant 1), so
+# it learns only from $L_{aux}$. Training runs on the book's loop
 # (`medmoe.engine.fit`: Accelerate, Adam, ReduceLROnPlateau and early stopping on the validation loss, gradient
 # clipping 0.25, `find_unused_parameters` because unselected experts get no gradient), called through the recipe's
 # `train` (`medmoe/papers/medmoe/recipe.py`).
@@ -734,7 +896,67 @@ Markdown("\n".join(lines))
 #   (RadImageNet, CheXpert, ChestX-ray8), not the ROCO, PMC-OA and Quilt shards, whose modality labels came from
 #   BiomedCLIP zero-shot pseudo-labelling.
 
-# %%
+# %% [markdown]
+# ## Summary
+#
+# * **Hard top-1 routing.** A small MLP on the pooled image feature gives $\alpha = \mathrm{softmax}(W_2\,
+#   \mathrm{ReLU}(W_1 \bar v))$ and each image goes to the one expert $k^* = \arg\max_k \alpha_k$; only that expert
+#   runs (`dispatch_combine`), so the cost is that of one expert whatever $K$ is.
+# * **Multi-scale experts.** Each expert projects the four Swin scales to a common width and fuses them with its own
+#   per-location scale attention $\beta_k^{(\ell)}$ (a softmax over scales): $V_{local} = V_{k^*} = \sum_\ell
+#   \beta_{k^*}^{(\ell)} F_{k^*}^{(\ell)}$, and $v_g$ is its mean.
+# * **What trains the router.** The choice is hard and its combine weight is 1, so GLoRIA's global and local
+#   contrastive losses never reach the router; only $L_{aux}$, a cross-entropy against the modality label, does.
+#   Routing that follows the modality is therefore a supervised classifier's accuracy, to be measured against
+#   shuffled routing, not emergent specialisation.
+# * **GLoRIA's two losses.** $L_{global}$ is a two-way cross-entropy over the cosines of $v_g$ and $t_g$; $L_{local}$
+#   the same over image&ndash;report scores $S_{ij}$ pooled from word-to-region attention.
+# * **Claims need a control.** The same network with one expert ($K = 1$), trained on the same seeds and data, is
+#   what each claim about the experts is measured against.
+
+# %% tags=["remove-input"]
+# What this run measured, generated from the claims records and the tables above.
+summary = [f"**What this run measured** (profile `{profile}`, seeds {seeds}, K = {n_experts}"
+           + (" against the K = 1 control" if ctrl else "") + "):", ""]
+for r in claims:
+    t_, c_, d_ = r["treatment"], r["control"], r["delta"]
+    summary.append(f"- **{r['verdict']}**: {r['claim']} Measured by {r['measure']}: {t_['name']} {t_['mean']:.3f} "
+                   f"against {c_['name']} {c_['mean']:.3f} (paired Δ = {d_['mean']:+.3f}, {d_['n']} seed(s)).")
+summary.append(f"- {100 * router['expert = modality label (the L_aux target)'].mean():.1f} % of the held-out images "
+               "went to the expert that L_aux assigns to their modality.")
+t3 = cost_rows["paper, Table 3 (MedMoE)"]
+summary.append(f"- The paper configuration counts {paper_cost['params_m']:.2f} M parameters and "
+               f"{paper_cost['gmacs']:.2f} GMACs per image with one expert active (Table 3: {t3['params_m']:g} M, "
+               f"{t3['gmacs']:g} G).")
+markdown("\n".join(summary))
+
+# %% [markdown]
+# ## Exercises
+#
+# Each command reruns this chapter in the quick profile with one parameter changed (a few minutes on a CPU) and
+# writes the executed notebook to `runs/`.
+#
+# 1. `medmoe run notebooks/02_medmoe.py -p aux_on probs` &mdash; the released code's auxiliary loss, a cross-entropy
+#    on the router's probabilities (a double softmax). Look at the $L_{aux}$ curves of section 4 (they cannot fall
+#    below $\log(K - 1 + e) - 1$) and at the share of images routed to their modality's expert in section 5: does
+#    the weaker gradient still teach the router the modality in three epochs?
+# 2. `medmoe run notebooks/02_medmoe.py -p lesion_scales default` &mdash; every modality's lesions drawn at the same
+#    size. Compare the $\beta$ heat maps of section 5b and the scale-attention claim of section 8 with this page:
+#    if the experts' scale weights differ by modality only because the lesion sizes do, the spread should shrink
+#    towards the $K = 1$ control's.
+# 3. `medmoe run notebooks/02_medmoe.py -p text_projection false` &mdash; the released code's frozen text side, with
+#    no trainable projection. Read the prompt-cosine table of section 7 and the finding zero-shot accuracy against
+#    its shuffled-label baseline in section 8: with near-parallel class prompts, expect the zero-shot claims to
+#    fall to chance, while the routing, which only $L_{aux}$ trains, should not change.
+# 4. `medmoe run notebooks/02_medmoe.py -p align bilinear2d` &mdash; the paper text's spatial interpolation of the
+#    scales instead of the code's 1-D interpolation along the flattened token order. Look at the word attention
+#    maps of section 6 and at $\beta$ on the lesion minus elsewhere in section 5b: aligned in 2-D, a coarse
+#    scale's value lands on the locations it describes.
+# 5. `medmoe run notebooks/02_medmoe.py -p epochs 8 -p n_seeds 5` &mdash; longer training and more seeds. Does the
+#    paired difference of the headline zero-shot claim grow beyond its seed-to-seed spread, and does its verdict in
+#    section 8 change?
+
+# %% tags=["hide-cell"]
 fz = per_seed.loc[treat]
 metrics = {
     "seeds": seeds,

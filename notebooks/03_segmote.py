@@ -32,6 +32,18 @@
 # (Table 3) beat fully fine-tuned medical SAMs out of domain (Table 1), and that PPT segments without prompts
 # (Table 4).
 #
+# **Prerequisites.** The [gates](00_moe_primer.ipynb#2-three-gates-one-output-type) of the primer (MoTE's router is
+# its noisy top-k gate, with k = 1), [dispatch](00_moe_primer.ipynb#dispatch-and-combine-on-a-toy-batch) (each token
+# runs only the expert it was routed to), the [balance losses](00_moe_primer.ipynb#3-the-losses-that-keep-experts-busy)
+# (CV² of importance and load), the [specialisation statistics](00_moe_primer.ipynb#5-did-the-experts-specialise)
+# (NMI against a permutation null) and [the verdict rule](00_moe_primer.ipynb#6-the-claim-the-control-the-verdict).
+# Related chapters: [Chapter 1](01_mlmoe.ipynb) routes whole images with a soft gate and
+# [Chapter 2](02_medmoe.ipynb) with a hard one; [Chapter 4](04_mome.ipynb) routes per class and voxel;
+# [Chapter 5](05_comparison.ipynb) sets the four designs side by side. This chapter's code lives in
+# `medmoe/papers/segmote/`: `model.py` (the expert tokens, `MoTE`, PPT's `PromptTokenizer` and the SAM wrapper),
+# `recipe.py` (prompts, losses, training and evaluation), `data.py` and `analysis.py`; the router is
+# `medmoe.moe.NoisyTopKGate` and the balance loss `medmoe.moe.importance_load_loss`.
+#
 # **What this chapter runs, and what is a stand-in.** SAM's weights cannot be downloaded here. The `quick`
 # profile therefore builds a *small SAM from segment-anything's own modules*, pretrains it briefly on three phantom
 # modalities with SAM's box and point prompting, and freezes it: **this stand-in plays the role of the foundation
@@ -90,7 +102,7 @@ loss = "dice_bce"            # dice_bce, or focal_dice for the code's 20 x focal
 n_perm = 100                 # permutations of the NMI null
 device = "auto"
 
-# %%
+# %% tags=["hide-cell"]
 # %matplotlib inline
 from pathlib import Path
 
@@ -104,7 +116,7 @@ from torch.utils.data import Subset
 
 from medmoe.claims import chance_from_null, claim_sentence, claims_frame, paired_claim
 from medmoe.data.phantoms import MODALITIES, PhantomDataset2D
-from medmoe.moe import contingency
+from medmoe.moe import NoisyTopKGate, contingency
 from medmoe.papers.segmote import build, count, evaluate, train
 from medmoe.papers.segmote.analysis import (
     class_dice,
@@ -123,8 +135,9 @@ from medmoe.papers.segmote.data import (
     PhantomSegTasks,
     cache_embeddings,
 )
-from medmoe.papers.segmote.model import load_sam_checkpoint
+from medmoe.papers.segmote.model import MoTE, PromptTokenizer, load_sam_checkpoint
 from medmoe.papers.segmote.recipe import (
+    LOSSES,
     ROUTER_SETTINGS,
     box_from_mask,
     evaluate_standin,
@@ -132,6 +145,7 @@ from medmoe.papers.segmote.recipe import (
     router_weights,
 )
 from medmoe.repro import checkpoint_dir, save_results
+from medmoe.teaching import markdown, show_source
 from medmoe.utils import count_parameters, resolve_device, seed_everything
 
 seed_everything(seed)
@@ -237,11 +251,11 @@ print(f"trained on: {seen}; {gap_label}: {new}")
 # ## 3. Where the expert tokens enter, and what trains
 #
 # The decoder's token sequence is `[iou, mask x 4, expert x T, prompt ...]`. In each of the two two-way layers the
-# expert tokens skip SAM's MLP and pass through a MoTE: router logits $L = XW_g$ (Eq. 1) with noise
-# $(\mathrm{softplus}(XW_n) + 0.01)\,Z$ in training (Eq. 2), top-1 expert per token, the token whose top logit is
-# largest is the image's selected token (Eq. 3&ndash;4), and the expert's output weighted by its softmax confidence
-# replaces the token (Eq. 5&ndash;6). The mask is the selected token's, from the last layer. Only the new modules
-# train. **The `paper` profile's configuration, `segmote_paper` (SAM ViT-B's 256-wide decoder, as the paper's text
+# expert tokens skip SAM's MLP and pass through a MoTE: a noisy top-1 router picks an expert per token, the token
+# whose top logit is largest is the image's selected token, and the expert's output weighted by its routing
+# confidence replaces the token (the equations and the code are in the next subsection). The mask is the selected
+# token's, from the last layer. Only the new modules train.
+# **The `paper` profile's configuration, `segmote_paper` (SAM ViT-B's 256-wide decoder, as the paper's text
 # describes), trains 2.47 M parameters, not the paper's 17 M**: Table 3's count is that of the released code, built on
 # IMIS-Net's 768-wide decoder (`segmote_paper_imis`, the first row below). PPT's `Q` queries (`ppt_queries`, 2 in the
 # paper; Table 4 also tries 4 and 8) replace the sparse prompt tokens; a batch that mixes PPT rows with box or point
@@ -267,11 +281,137 @@ print(f"this run's {config} trains {params.loc[config, 'learnable (M)']:.2f} M p
 params.round(3)
 
 # %% [markdown]
+# ### The MoE layer, on a toy batch
+#
+# MoTE is noisy top-k gating {cite:p}`shazeer2017moe` applied to tokens, with k = 1. Its input is the expert tokens
+# $X \in \mathbb{R}^{B \times T \times D}$ of one decoder layer ($B$ images, $T$ expert tokens per image, width $D$).
+# The router's logits over the $E$ experts, and in training their noisy version (Eq. 1 and Eq. 2 of the paper),
+# computed by `medmoe.moe.NoisyTopKGate.forward`:
+#
+# $$
+# L = X W_g \in \mathbb{R}^{B \times T \times E}, \qquad
+# \tilde L = L + \big(\mathrm{softplus}(X W_n) + \varepsilon\big) \odot Z, \quad Z \sim \mathcal{N}(0, 1),
+# $$
+#
+# where $W_g, W_n \in \mathbb{R}^{D \times E}$ are the router's gating and noise-scale weights, $\varepsilon = 0.01$
+# keeps the noise scale above zero, and $Z$ is standard Gaussian noise of the logits' shape; in evaluation mode
+# $\tilde L = L$. Each token keeps its best expert, whose logit is the token's confidence, and the image's selected
+# token is its most confident one (Eq. 3 and Eq. 4 of the paper with k = 1), computed in
+# `medmoe.papers.segmote.model.MoTE.forward`:
+#
+# $$
+# \mathrm{idx}_{b,t} = \arg\max_{e} \tilde L_{b,t,e}, \qquad c_{b,t} = \max_{e} \tilde L_{b,t,e}, \qquad
+# t^*_b = \arg\max_{t} c_{b,t},
+# $$
+#
+# where $b$ indexes the image, $t$ the token and $e$ the expert, and the mask of token $t^*_b$ in the last layer is
+# image $b$'s output. The paper's weight (Eq. 5) is the softmax of the single number $c_{b,t}$, which is exactly 1
+# and passes no gradient, so the book weights the expert's output by $p_{b,t}$, the softmax over all $E$ logits at
+# the chosen expert (section 8), and the result replaces the token (Eq. 6 of the paper):
+#
+# $$
+# p_{b,t} = \frac{\exp \tilde L_{b,t,\mathrm{idx}_{b,t}}}{\sum_{e=1}^{E} \exp \tilde L_{b,t,e}}, \qquad
+# \tilde z_{b,t} = \mathrm{proj}\Big(\mathrm{dteall}\big(\mathrm{dte}\big(p_{b,t}\, f_{\mathrm{idx}_{b,t}}(x_{b,t})
+# \big)\big)\Big),
+# $$
+#
+# where $x_{b,t}$ is the token, $f_e$ expert $e$'s linear map from $D$ to 64 (`MoTE.experts`), and dte, dteall, proj
+# the shared linear maps $64 \to 64 \to 64 \to D$ of the released code; only the chosen expert runs
+# ([dispatch](00_moe_primer.ipynb#dispatch-and-combine-on-a-toy-batch), `medmoe.moe.dispatch_combine`). With the
+# combine weight $G_{b,t,e} = p_{b,t}$ for $e = \mathrm{idx}_{b,t}$ and 0 otherwise (the "$\times p$" of the
+# diagram), the balance loss (Eq. 7, 8 and 9 of the paper) is computed by `medmoe.moe.importance_load_loss` and
+# `medmoe.moe.cv_squared`:
+#
+# $$
+# \mathrm{imp}_e = \sum_{b,t} G_{b,t,e}, \qquad \mathrm{load}_e = \sum_{b,t} \mathbf{1}(G_{b,t,e} > 0), \qquad
+# \mathcal{L}_{balance} = \mathrm{CV}^2(\mathrm{imp}) + \mathrm{CV}^2(\mathrm{load}), \qquad
+# \mathrm{CV}^2(x) = \frac{\frac{1}{E-1} \sum_{e=1}^{E} (x_e - \bar x)^2}{\bar x^2 + 10^{-10}},
+# $$
+#
+# where $\mathrm{imp}_e$ is the total weight and $\mathrm{load}_e$ the number of tokens expert $e$ received over the
+# batch and the tokens, and $\bar x$ the mean over the $E$ experts. $\mathrm{CV}^2$ is 0 when every expert gets the
+# same share; the load is a count and carries no gradient, the importance does, through $p$. The variance is the
+# unbiased one, as in the released code (the paper writes $\mathrm{std}(x)^2$). Training uses the last layer's
+# $\mathcal{L}_{balance}$, as the code returns it. The library's code for both steps:
+
+# %%
+show_source(MoTE.forward, NoisyTopKGate.forward)
+
+# %% [markdown]
+# A MoTE at toy size, in evaluation mode (no noise): 2 images with 3 expert tokens of width 8, routed over 4 experts.
+# The table lists, per token, the chosen expert $\mathrm{idx}_{b,t}$, the confidence $c_{b,t}$, the weight $p_{b,t}$
+# and whether the token is its image's $t^*_b$; the last column is the expert the same token gets with the Eq. 2
+# noise on (training mode), where the noise can overturn a close choice. The cell then recomputes the new tokens
+# $\tilde z$ and $\mathcal{L}_{balance}$ by hand from the equations above.
+
+# %%
+# Built under fork_rng and fed from its own generator: the chapter's training draws the same random numbers as
+# without this cell.
+with torch.random.fork_rng():
+    torch.manual_seed(2)
+    toy = MoTE(dim=8, num_experts=4, expert_dim=4, router_init_std=0.3).eval()  # W_g ~ N(0, 0.3^2)
+    x_toy = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        toy_out = toy(x_toy)
+        noisy_idx = toy.train()(x_toy).gate.indices[..., 0]  # the Eq. 2 noise on (global RNG, restored on exit)
+    toy.eval()
+with torch.no_grad():  # by hand, from the equations
+    logits_hand = x_toy @ toy.gate.w_gate  # Eq. 1 (evaluation mode: no noise)
+    c_hand, idx_hand = logits_hand.max(dim=-1)  # Eq. 3-4
+    p_hand = logits_hand.softmax(-1).gather(-1, idx_hand[..., None])[..., 0]
+    h_hand = torch.stack([torch.stack([p_hand[b, t] * toy.experts[int(idx_hand[b, t])](x_toy[b, t]) for t in range(3)])
+                          for b in range(2)])
+    z_hand = toy.proj(toy.dteall(toy.dte(h_hand)))
+    weight_hand = torch.zeros(2, 3, 4).scatter(-1, idx_hand[..., None], p_hand[..., None])
+    imp, load = weight_hand.sum((0, 1)), (weight_hand > 0).float().sum((0, 1))
+    cv2 = [((v - v.mean()) ** 2).sum() / (len(v) - 1) / (v.mean() ** 2 + 1e-10) for v in (imp, load)]
+torch.testing.assert_close(toy_out.tokens, z_hand)
+torch.testing.assert_close(toy_out.balance, cv2[0] + cv2[1])
+assert torch.equal(toy_out.gate.indices[..., 0], idx_hand) and torch.equal(toy_out.selected, c_hand.argmax(dim=1))
+print(f"expert tokens X {tuple(x_toy.shape)} -> new tokens {tuple(toy_out.tokens.shape)}; selected token per image "
+      f"t* = {toy_out.selected.tolist()}; tokens per expert {toy_out.counts.tolist()}; importance "
+      f"{[round(v, 3) for v in imp.tolist()]}, load {load.tolist()}, L_balance = {float(toy_out.balance):.3f}")
+print("checked by hand: the new tokens equal proj(dteall(dte(p * f_idx(x)))) with idx, c and p from Eq. 1-5, t* is "
+      "the argmax of c, and L_balance equals CV^2(imp) + CV^2(load) with the unbiased variance")
+pd.DataFrame([{"image b": b, "token t": t, "expert idx": int(idx_hand[b, t]), "c (top logit)": float(c_hand[b, t]),
+               "p": float(p_hand[b, t]), "selected (t*)": t == int(toy_out.selected[b]),
+               "expert with noise": int(noisy_idx[b, t])} for b in range(2) for t in range(3)]).round(3)
+
+# %% [markdown]
 # ## 4. Training SegMoTE on the frozen model, and its controls
 #
 # The frozen image encoder runs once per image and its embeddings are cached. For every item a prompt kind is drawn
-# as the code does (box 0.4, point 0.3, and for group-A items the prompt-free PPT path 0.3), and the loss is
-# $L_{seg} + 0.01\,L_{balance}$ (Eq. 11).
+# as the code does (box 0.4, point 0.3, and for group-A items the prompt-free PPT path 0.3), and the loss is that
+# of Eq. 11 of the paper, computed by `medmoe.papers.segmote.recipe.segmote_step`:
+#
+# $$
+# \mathcal{L}_{total} = \mathcal{L}_{seg} + \lambda_{balance}\, \mathcal{L}_{balance},
+# $$
+#
+# where $\lambda_{balance}$ is `balance_weight` (0.01, the paper's value) and $\mathcal{L}_{balance}$ the last MoTE
+# layer's balance loss above. The paper's $\mathcal{L}_{seg}$ is the Dice loss
+# $1 - 2 \sum_i y^E_i y_i / (\sum_i y^E_i + \sum_i y_i)$ (Eq. 10 of the paper), $y^E$ the expert token's prediction
+# and $y$ the ground truth. This run's `loss = "dice_bce"` (`medmoe.papers.segmote.recipe.standin_loss`, MONAI's
+# `DiceCELoss`) is a smoothed soft Dice per item plus binary cross-entropy:
+#
+# $$
+# \mathcal{L}_{seg} = \frac{1}{B} \sum_{b=1}^{B} \left(1 - \frac{2 \sum_i \sigma_{b,i}\, y_{b,i} + \delta}
+# {\sum_i \sigma_{b,i} + \sum_i y_{b,i} + \delta}\right)
+# - \frac{1}{BN} \sum_{b,i} \Big(y_{b,i} \log \sigma_{b,i} + (1 - y_{b,i}) \log (1 - \sigma_{b,i})\Big),
+# $$
+#
+# where $\sigma_{b,i}$ is the sigmoid of the selected token's logit at pixel $i$ of item $b$'s low-resolution mask
+# (the paper's $y^E$), $y_{b,i} \in \{0, 1\}$ the ground truth at that resolution, $N$ the number of pixels and
+# $\delta = 10^{-5}$. The released code's loss, `loss = "focal_dice"` (`medmoe.papers.segmote.recipe.seg_loss`), is
+#
+# $$
+# \mathcal{L}_{seg} = \frac{20}{BN} \sum_{b,i} -\alpha_{b,i} (1 - q_{b,i})^{\gamma} \log q_{b,i} + \mathcal{L}_{Dice},
+# $$
+#
+# where $q_{b,i}$ is the predicted probability of the true label ($\sigma_{b,i}$ on the foreground, $1 - \sigma_{b,i}$
+# on the background), $\alpha_{b,i}$ is 0.25 on the foreground and 0.75 on the background, $\gamma = 2$, and
+# $\mathcal{L}_{Dice}$ is the first term of the previous equation. The cell below checks both formulas against the
+# library's losses on a random toy batch.
 #
 # **The router.** In the released code $W_g = W_n = 0$ at the start: every expert's logit is 0, so top-1 routing is
 # decided by the Eq. 2 noise alone, and a router trained at the same small learning rate as everything else has to
@@ -286,6 +426,23 @@ params.round(3)
 # with the same box or point, no expert tokens (`medmoe.papers.segmote.recipe.evaluate_standin`). (b) SegMoTE with one
 # expert token and one expert per MoTE (T = E = 1), trained exactly like SegMoTE: what is left without token-level
 # routing.
+
+# %%
+# The two segmentation losses of medmoe.papers.segmote.recipe.LOSSES against the displayed formulas, on a toy batch
+# drawn from its own generator (the global random state is untouched).
+g_loss = torch.Generator().manual_seed(0)
+logit_toy = torch.randn(2, 1, 8, 8, generator=g_loss)
+y_toy = (torch.rand(2, 1, 8, 8, generator=g_loss) > 0.5).float()
+sig = torch.sigmoid(logit_toy)
+dice_hand = (1 - (2 * (sig * y_toy).sum((1, 2, 3)) + 1e-5) / (sig.sum((1, 2, 3)) + y_toy.sum((1, 2, 3)) + 1e-5)).mean()
+q_true = torch.where(y_toy > 0, sig, 1 - sig)
+alpha_t = torch.where(y_toy > 0, 0.25, 0.75)
+hand = {"dice_bce": dice_hand - (y_toy * sig.log() + (1 - y_toy) * (1 - sig).log()).mean(),
+        "focal_dice": 20 * (-alpha_t * (1 - q_true) ** 2 * q_true.log()).mean() + dice_hand}
+for name, value in hand.items():
+    torch.testing.assert_close(LOSSES[name]()(logit_toy, y_toy), value)
+print(f"checked: both formulas equal the library's losses on a toy batch; this run trains with loss = {loss!r}, "
+      f"balance_weight = {balance_weight}")
 
 # %%
 base.freeze_sam()
@@ -360,6 +517,62 @@ moved.round(3)
 # kinds **on the group-A items** (one per image): the `group-A items` column. The `all items` column scores box and
 # point on every class of every image, which PPT cannot be compared with. Mean ± sd over seeds; the frozen model's
 # own decoding is in the same table.
+#
+# **PPT, the prompt-free path** (Sec. 3.4 and Fig. 3 of the paper). The paper describes Progressive Prompt
+# Tokenization in words and gives it no numbered equation. What `medmoe.papers.segmote.model.PromptTokenizer`
+# computes from the image embedding's $hw$ tokens $F \in \mathbb{R}^{hw \times D}$ and their coordinates
+# $P \in [-1, 1]^{hw \times 2}$ is
+#
+# $$
+# K = \mathrm{LN}(F) + P W_{xy} + b_{xy}, \qquad
+# A = \mathrm{MHA}(\mathbf{Q}, K, K), \qquad
+# S = \mathrm{LN}\big(A + \mathrm{MLP}(A)\big) \in \mathbb{R}^{Q \times D},
+# $$
+#
+# where $\mathbf{Q} \in \mathbb{R}^{Q \times D}$ holds the $Q$ learnable queries (`ppt_queries`), LN is a layer norm,
+# $W_{xy}, b_{xy}$ a linear encoding of the coordinates (the "+ xy" of the diagram), MHA multi-head attention with
+# $\mathbf{Q}$ as queries and $K$ as keys and values, and MLP a $D \to 4D \to D$ network with a GELU. The $Q$ tokens
+# $S$ take the place of a box's or a point's sparse prompt tokens, so the image alone decides the mask. PPT learns
+# from the loss of Eq. 11, on the group-A items that draw the prompt-free kind; the mask and text prompts that the
+# paper samples as foreground priors during training are not reproduced (section 8). The library's code, then the
+# trained PPT of the last seed on one group-A test item per modality: where each query attends (averaged over heads)
+# and the mask it gives without any prompt.
+
+# %%
+show_source(PromptTokenizer.forward)
+
+# %%
+m_ppt = models[seeds[-1]]
+first_a = {}  # modality -> its first group-A test item
+for k in range(len(tasks["test"])):
+    if tasks["test"].is_group_a(k):
+        first_a.setdefault(tasks["test"].items[k][1], k)
+if first_a:
+    fig, axes = plt.subplots(len(first_a), 2 + ppt_queries, figsize=(1.9 * (2 + ppt_queries), 1.9 * len(first_a)),
+                             squeeze=False)
+    for row, k in zip(axes, first_a.values()):
+        item, d = tasks["test"][k], data["test"][k]
+        with torch.no_grad():
+            emb, early = (d["emb"][None], d["early"][None]) if "emb" in d else m_ppt.encode(item["image"][None].to(dev))
+            emb, early = emb.to(dev), early.to(dev)
+            ppt_tokens, ppt_attn = m_ppt.ppt(emb, return_attention=True)
+            free = m_ppt(emb, early, prompt_free=True)
+        torch.testing.assert_close(ppt_attn.sum((-2, -1)), torch.ones_like(ppt_attn[..., 0, 0]))
+        row[0].imshow(item["image"].permute(1, 2, 0).numpy(), cmap="gray")
+        row[0].set_title(tasks["test"].class_names[item["class_index"]], fontsize=7)
+        row[1].imshow(m_ppt.upscale(free.masks, size=tuple(item["mask"].shape[-2:]))[0, 0].cpu().numpy() > 0,
+                      cmap="gray")
+        row[1].set_title("prompt-free mask", fontsize=7)
+        for j in range(ppt_queries):
+            row[2 + j].imshow(ppt_attn[0, j].cpu().numpy(), cmap="magma")
+            row[2 + j].set_title(f"query {j + 1}: attention", fontsize=7)
+        for a in row:
+            a.axis("off")
+    fig.tight_layout()
+    print(f"PPT: image embedding {tuple(emb.shape)} -> {ppt_queries} prompt tokens {tuple(ppt_tokens.shape)}; "
+          f"checked: each query's attention sums to 1 over the {emb.shape[-2] * emb.shape[-1]} image positions")
+else:
+    print("no group-A items in this data set: PPT is not evaluated")
 
 # %%
 names = tasks["test"].class_names
@@ -630,7 +843,61 @@ Markdown("\n".join(lines) + "\n\n" + " ".join(notes))
 # * **Fig. 7** draws each expert token's own mask as its responsibility region; the paper does not say how its
 #   heat maps are computed.
 
-# %%
+# %% [markdown]
+# ## Summary
+#
+# * **Where the experts sit.** SegMoTE keeps every SAM weight frozen and adds $T$ learnable expert tokens to the mask
+#   decoder; in each two-way layer a MoTE replaces SAM's MLP for those tokens only, so the adaptation is a few
+#   million parameters beside a frozen foundation model.
+# * **How a token is routed.** Noisy top-1 gating per token (Eq. 1 to 4): clean logits $XW_g$, Gaussian noise scaled
+#   by $\mathrm{softplus}(XW_n) + \varepsilon$ in training only, one expert per token. The most confident token
+#   $t^*_b$ of the last layer gives the image's mask: routing chooses an expert per token *and* a token per image.
+# * **What keeps the experts busy, and what the router learns from.** $\mathrm{CV}^2$ of importance and load over the
+#   batch and the tokens (Eq. 7 to 9), weighted by $\lambda_{balance}$ beside the segmentation loss (Eq. 11). The
+#   paper's weight (Eq. 5) is identically 1, so only a weight such as the book's $p_{b,t}$ lets the segmentation loss
+#   reach the router.
+# * **Prompt-free segmentation.** PPT turns the image embedding into $Q$ prompt tokens by attention from learnable
+#   queries; it serves binary tasks, where there is one foreground to find.
+# * **How to read the evidence.** Every claim is measured against a control on the same seeds and items (the frozen
+#   model's own decoder, one token with one expert, a random token, a permutation null).
+#
+# What this run measured:
+
+# %% tags=["remove-input"]
+summary = [f"* This run ({profile} profile, seeds {seeds}, E = {num_experts}, T = {num_expert_tokens}) trained "
+           f"{params.loc[config, 'learnable (M)']:.2f} M parameters beside a frozen {fm} of "
+           f"{params.loc[config, 'SAM (frozen, M)']:.2f} M, whose weights were bitwise unchanged: **{unchanged}**."]
+summary += [f"* {c['claim']} **{c['verdict'].capitalize()}**: {c['treatment']['name']} {c['treatment']['mean']:.3f} "
+            f"against {c['control']['name']} {c['control']['mean']:.3f} ({c['measure']}; mean over "
+            f"{c['delta']['n']} seeds)." for c in claims]
+summary.append(f"* The last MoTE layer routed a token to its expert with probability {conf['eval']:.2f} in evaluation "
+               f"mode, against {1 / num_experts:.2f} for a uniform router; its $W_g$ moved by "
+               f"{moved['moved'].iloc[-1]:.3f} (Frobenius norm, mean over seeds).")
+markdown("\n".join(summary))
+
+# %% [markdown]
+# ## Exercises
+#
+# Each command reruns the chapter with the `quick` profile and one or more parameters changed.
+#
+# 1. `medmoe run notebooks/03_segmote.py -p num_experts 1` &mdash; one expert per MoTE, four tokens. The router's
+#    weight $p$ is then the softmax of a single logit, identically 1, and $\mathrm{CV}^2$ of one value is 0: look at
+#    how far the router moved (section 4) and whether the selected token is still better than a random one
+#    (section 6). Why does $W_g$ get no gradient now, and what decides $t^*_b$ instead?
+# 2. `medmoe run notebooks/03_segmote.py -p router paper` &mdash; the released code's zero-initialised router at one
+#    learning rate. Compare the router's movement and confidence against $1/E$ in section 4 and the NMI of section 6
+#    with this run's: does the router leave the noise-decided start within the quick budget?
+# 3. `medmoe run notebooks/03_segmote.py -p balance_weight 0` &mdash; no balance loss ($\lambda_{balance} = 0$ in
+#    Eq. 11). Look at the per-layer expert heat maps of section 6: do a few experts take every token, and does the
+#    box Dice change?
+# 4. `medmoe run notebooks/03_segmote.py -p ppt_queries 8` &mdash; Table 4's $Q = 8$. Compare the prompt-free Dice
+#    on the group-A items in section 5 with this run's $Q$, and look at whether the extra queries attend to different
+#    places in the PPT figure.
+# 5. `medmoe run notebooks/03_segmote.py -p standin_modalities cxr,ct,mri,us,derm` &mdash; the stand-in is
+#    pretrained on all five modalities, so no domain gap is left. The headline claim is then measured on all of them:
+#    how much do the expert tokens add to a foundation model that has seen everything?
+
+# %% tags=["hide-cell"]
 seg_eval = ev[(ev.arm == "SegMoTE") & (ev["mode"] == "eval")]
 metrics = {
     "seeds": seeds,

@@ -37,6 +37,20 @@
 # Several of the Universal Model's data sets need an account or a request; the `paper` profile trains on the open ones
 # that `data_scripts/prepare_universal.py` arranges in its layout (AMOS, the six MSD CT tasks and TotalSegmentator),
 # so its numbers are on other scans than the 3,410.
+#
+# **Prerequisites.** The primer's [gates](00_moe_primer.ipynb#2-three-gates-one-output-type) (MoME's router is a
+# dense softmax gate, evaluated once per class and voxel), its
+# [dispatch and combine](00_moe_primer.ipynb#dispatch-and-combine-on-a-toy-batch) (here every expert is computed and
+# combined, nothing is dispatched), its [balance losses](00_moe_primer.ipynb#3-the-losses-that-keep-experts-busy)
+# (MoME, as reconstructed, trains without one), its
+# [specialisation statistics](00_moe_primer.ipynb#5-did-the-experts-specialise) (section 5 reads the router's weights
+# per organ) and [the verdict rule](00_moe_primer.ipynb#6-the-claim-the-control-the-verdict) (section 6). Related
+# chapters: [Chapter 3](03_segmote.ipynb) also segments with experts inside a large backbone, but routes tokens of a
+# frozen 2D model; [Chapter 1](01_mlmoe.ipynb) and [Chapter 2](02_medmoe.ipynb) route whole images;
+# [Chapter 5](05_comparison.ipynb) puts the four designs side by side. The code of this chapter lives in
+# `medmoe/papers/mome/`: `model.py` (the Swin UNETR backbone, the experts, `TextGuidedRouter`, `dynamic_head`),
+# `recipe.py` (the partial-label loss, training, sliding-window evaluation), `paired.py` (the paired heads of
+# section 3) and `data.py` (the phantom CT and the Universal Model's dataset lists).
 
 # %% tags=["remove-cell"]
 # Colab only: install the book's library when this notebook runs on Colab (Colab's own torch is kept).
@@ -84,7 +98,7 @@ kidney_controls = "centred,learned"   # extra Universal heads: mean-centred norm
 sw_overlap = 0.5
 device = "auto"
 
-# %%
+# %% tags=["hide-cell"]
 # %matplotlib inline
 from pathlib import Path
 
@@ -102,9 +116,11 @@ from medmoe.data.phantoms import CLASSES_3D, SOURCE_DATASETS
 from medmoe.env import environment
 from medmoe.papers.mome import build, class_text_embeddings, count, evaluate, train
 from medmoe.papers.mome.data import UNIVERSAL_CLASSES, PhantomCT, RandomPatches, UniversalDataset
-from medmoe.papers.mome.model import CONFIGS, DECODER_LEVELS
+from medmoe.papers.mome.model import CONFIGS, DECODER_LEVELS, TextGuidedRouter, UniversalSeg
 from medmoe.papers.mome.paired import FeatureCache, centre_text, evaluate_heads, expert_shares, head_from, train_head
+from medmoe.papers.mome.recipe import partial_label_loss
 from medmoe.repro import checkpoint_dir, save_results
+from medmoe.teaching import markdown, show_source
 from medmoe.utils import resolve_device, seed_everything
 from medmoe.viz import router_weight_bars
 
@@ -184,13 +200,42 @@ labelled_table
 # SwinUNETR's decoder gives five maps on the way back to full resolution. The Universal Model reads only the last
 # (`out`), projects it to 8 channels, and runs one small **dynamic head** per class whose weights a controller
 # computes from [image code; text code of the class]. MoME (as reconstructed) projects *every* decoder output to
-# 8 channels, upsamples them, and lets a router decide per class and voxel how much each scale contributes:
+# 8 channels, upsamples them, and lets a router decide per class and voxel how much each scale contributes.
+#
+# **The dynamic head** of the CLIP-Driven Universal Model {cite:p}`liu2023universal`, written as its released code
+# computes it (`medmoe.papers.mome.model.dynamic_head`, with the controller in `UniversalSeg.forward_head`). A class
+# is known to the head only through its text code and the image only through one global code:
+#
+# $$u_c = \mathrm{ReLU}(W_{tv}\,t_c + b_{tv}),\qquad \theta_c = W_\theta\,[\,g;\,u_c\,] + b_\theta
+#   = \big(W^1_c, W^2_c, W^3_c, b^1_c, b^2_c, b^3_c\big),$$
+#
+# $$p_c(x) = \sigma\Big(W^3_c\,\mathrm{ReLU}\big(W^2_c\,\mathrm{ReLU}(W^1_c\,F(x) + b^1_c) + b^2_c\big)
+#   + b^3_c\Big).$$
+#
+# Here $t_c$ is the CLIP (here MiniLM) embedding of the prompt "A computerized tomography of a {organ}" for class
+# $c$, $u_c$ its text code (`text_to_vision`), $g$ the image code (GroupNorm, ReLU and global average pooling of
+# `dec4`, then a 1x1x1 convolution; GAP(dec4) in the diagram), $\theta_c$ the controller's 153 numbers for class
+# $c$ (the weights $W^1_c, W^2_c \in \mathbb{R}^{8\times 8}$, $W^3_c \in \mathbb{R}^{1\times 8}$ and biases
+# $b^1_c, b^2_c \in \mathbb{R}^8$, $b^3_c \in \mathbb{R}$ of three 1x1x1 convolutions), $F(x)$ the 8-channel
+# feature the head reads at voxel $x$ and $p_c(x)$ the probability that $x$ belongs to class $c$ (one sigmoid per
+# class, so classes may overlap). In the Universal Model $F(x) = E_{\text{out}}(x)$, the projection of `out`, the
+# same for every class.
+#
+# **The text-guided router** (the book's reconstruction from MoME's abstract {cite:p}`rezvani2025mome`: the paper's
+# body is not public, so there is no equation number to quote; computed by
+# `medmoe.papers.mome.model.TextGuidedRouter`, the sum in `UniversalSeg.forward_head`) replaces $F(x)$ by a feature
+# of its own for every class:
 #
 # $$w_{c,e}(x) = \mathrm{softmax}_e\big(W_2\,\mathrm{ReLU}(W_v V(x) + W_t u_c + b_1) + b_2\big),\qquad
 #   F_c(x) = \sum_e w_{c,e}(x)\,E_e(x),$$
 #
-# with $E_e(x)$ expert $e$'s feature, $V(x)$ all of them stacked and $u_c$ the class's text code. $F_c$ replaces
-# the Universal Model's single feature map in class $c$'s head.
+# with $E_e(x)$ expert $e$'s 8-channel feature at voxel $x$ (decoder output $e$ after GroupNorm, ReLU, a 1x1x1
+# convolution to 8 channels and trilinear upsampling), $V(x) = [E_1(x); \dots; E_E(x)]$ all of them stacked,
+# $u_c$ the class's text code from above, $W_v$, $W_t$ and $b_1$ the first layer of a small MLP (the visual and the
+# text part of one linear map), $W_2$ and $b_2$ its output layer with one logit per expert, and $w_{c,e}(x)$ the
+# weight of expert $e$ for class $c$ at voxel $x$, which sums to 1 over $e$. $F_c$ replaces the Universal Model's
+# single feature map in class $c$'s head. Every expert is computed at every voxel (dense routing, as the soft gate of
+# the primer), and no load-balancing term is added, since the abstract states none.
 
 # %%
 rows = []
@@ -208,11 +253,107 @@ display(pyramid)
 params.round(3)
 
 # %% [markdown]
+# ### The MoE layer, on a toy batch
+#
+# The router is a class of its own, `TextGuidedRouter`; `UniversalSeg.forward_head` projects and upsamples the
+# experts, stacks them, calls the router and forms $F_c$ with one `einsum`, then runs the dynamic heads. Both, as
+# the library has them (the first comment of each block names the file and lines):
+
+# %%
+show_source(TextGuidedRouter, UniversalSeg.forward_head)
+
+# %% [markdown]
+# The router at toy size: a batch of 2 volumes of $4^3$ voxels, 3 experts of 8 channels ($E_1, E_2, E_3$), 3 classes
+# with 16-d codes $u_c$, hidden width 8, random weights (built apart from the experiment's random stream, so the
+# training below is unchanged). The cell prints the shapes and the routing decision (each class's mean weight per
+# expert, and how many voxels each expert leads), then recomputes $w_{c,e}(x)$ and $F_c(x)$ from the equation
+# above, one (volume, class, voxel) at a time, with the router's own weight matrices.
+
+# %%
+with torch.random.fork_rng():  # the toy router's initialisation does not touch the experiment's random stream
+    torch.manual_seed(0)
+    toy_router = TextGuidedRouter(num_experts=3, expert_dim=8, code_dim=16, hidden=8)
+toy_gen = torch.Generator().manual_seed(0)
+toy_experts = torch.randn(2, 3, 8, 4 ** 3, generator=toy_gen)  # (B, E, d, N): E_e(x) at N voxels
+toy_codes = torch.randn(3, 16, generator=toy_gen)  # (C, code_dim): u_c
+with torch.no_grad():
+    toy_w = toy_router(toy_experts, toy_codes)  # (B, C, E, N)
+    toy_fused = torch.einsum("bcen,bedn->bcdn", toy_w, toy_experts)  # F_c(x): the einsum of forward_head
+print(f"experts {tuple(toy_experts.shape)} (B, E, d, N) and text codes {tuple(toy_codes.shape)} (C, code) -> "
+      f"weights {tuple(toy_w.shape)} (B, C, E, N) -> fused {tuple(toy_fused.shape)} (B, C, d, N)")
+toy_names = [f"E_{e + 1}" for e in range(toy_w.shape[2])]
+display(pd.concat({
+    "mean weight over voxels": pd.DataFrame(toy_w[0].mean(-1).numpy(), columns=toy_names),
+    "voxels where the expert has the largest weight": pd.DataFrame(
+        torch.nn.functional.one_hot(toy_w[0].argmax(1), len(toy_names)).sum(1).numpy(), columns=toy_names),
+}, axis=1).rename_axis("class (volume 0)").round(3))
+# by hand: w_{c,e}(x) = softmax_e(W_2 ReLU(W_v V(x) + W_t u_c + b_1) + b_2) and F_c(x) = sum_e w_{c,e}(x) E_e(x)
+W_v, b_1 = toy_router.visual.weight.detach()[:, :, 0], toy_router.visual.bias.detach()
+W_t = toy_router.text.weight.detach()
+W_2, b_2 = toy_router.out.weight.detach()[:, :, 0], toy_router.out.bias.detach()
+hand_w, hand_f = torch.zeros_like(toy_w), torch.zeros_like(toy_fused)
+for b in range(toy_w.shape[0]):
+    for c in range(toy_w.shape[1]):
+        for n in range(toy_w.shape[3]):
+            v = toy_experts[b, :, :, n].reshape(-1)  # V(x): the experts' features stacked, E * d values
+            z = W_2 @ torch.relu(W_v @ v + W_t @ toy_codes[c] + b_1) + b_2  # one logit per expert
+            hand_w[b, c, :, n] = z.exp() / z.exp().sum()
+            hand_f[b, c, :, n] = sum(hand_w[b, c, e, n] * toy_experts[b, e, :, n] for e in range(len(toy_names)))
+torch.testing.assert_close(toy_w.sum(2), torch.ones(toy_w.shape[0], toy_w.shape[1], toy_w.shape[3]))
+torch.testing.assert_close(toy_w, hand_w)
+torch.testing.assert_close(toy_fused, hand_f)
+print(f"checked at all {toy_w.shape[0] * toy_w.shape[1] * toy_w.shape[3]} (volume, class, voxel) triples: the "
+      "weights sum to 1 over the experts, equal the equation computed by hand, and the fused feature equals the "
+      "weighted sum of the experts' features")
+toy_router.start_as_one_expert(2, 0.95)  # router_init="universal": start as one expert (here E_3, in MoME `out`)
+with torch.no_grad():
+    toy_start = toy_router(toy_experts, toy_codes)
+torch.testing.assert_close(toy_start, torch.tensor([0.025, 0.025, 0.95])[None, None, :, None].expand_as(toy_start))
+print("after start_as_one_expert(2, 0.95), at every voxel and class: w = "
+      + ", ".join(f"{n} {x:.3f}" for n, x in zip(toy_names, toy_start[0, 0, :, 0].tolist())))
+
+# %% [markdown]
 # ## 3. Training: one backbone, two heads
 #
-# The loss is Dice + BCE over the (volume, class) pairs whose class the volume's source annotates; every other
-# class's output gets **no gradient** (tested in `tests/test_mome.py`). Random patches are drawn 2 : 1 around
-# labelled foreground and background (MONAI `RandCropByPosNegLabeld`), as the Universal Model does. The `paper`
+# **The masked partial-label loss** is the Universal Model's {cite:p}`liu2023universal` (its `DiceLoss` and
+# `Multi_BCELoss`, weighted 1 : 1; MoME's abstract states no loss, so the book keeps this one and quotes no equation
+# number). It is computed by `medmoe.papers.mome.recipe.partial_label_loss`, for the end-to-end training and for
+# every head:
+#
+# $$\mathcal{L} = \frac{1}{|M|}\sum_{(i,c)\in M}\Big[\,1 - \frac{2\sum_x p_{i,c}(x)\,y_{i,c}(x) + 1}
+#   {\sum_x p_{i,c}(x) + \sum_x y_{i,c}(x) + 1}
+#   \;-\; \frac{1}{N}\sum_x \Big(y_{i,c}(x)\log p_{i,c}(x) + \big(1 - y_{i,c}(x)\big)\log\big(1 - p_{i,c}(x)\big)
+#   \Big)\Big],$$
+#
+# where $M$ is the set of (volume, class) pairs of the batch whose class the volume's source data set annotates,
+# $p_{i,c}(x)$ the predicted probability of class $c$ at voxel $x$ of patch $i$ (the $p_c(x)$ of section 2),
+# $y_{i,c}(x) \in \{0, 1\}$ the label, $N$ the number of voxels in a patch, the first term the Dice loss with
+# smoothing 1 and the second the binary cross-entropy. Every class outside $M$ gets **no gradient** (tested in
+# `tests/test_mome.py`), since its label says background for an organ that may be there. On a toy batch of 2
+# volumes and 3 classes, where volume 0 labels classes 0 and 1 and volume 1 labels classes 1 and 2:
+
+# %%
+toy_gen = torch.Generator().manual_seed(1)
+toy_logits = torch.randn(2, 3, 4, 4, 4, generator=toy_gen, requires_grad=True)
+toy_target = (torch.rand(2, 3, 4, 4, 4, generator=toy_gen) > 0.7).float()
+toy_labelled = torch.tensor([[True, True, False], [False, True, True]])
+toy_loss = partial_label_loss(toy_logits, toy_target, toy_labelled)
+toy_loss["loss"].backward()
+p_toy, y_toy = torch.sigmoid(toy_logits.detach()).flatten(2), toy_target.flatten(2)  # (B, C, N)
+hand_dice = 1 - (2 * (p_toy * y_toy).sum(-1) + 1) / (p_toy.sum(-1) + y_toy.sum(-1) + 1)
+hand_bce = -(y_toy * p_toy.log() + (1 - y_toy) * (1 - p_toy).log()).mean(-1)
+torch.testing.assert_close(toy_loss["loss"], (hand_dice + hand_bce)[toy_labelled].mean())
+grad_mass = toy_logits.grad.abs().flatten(2).sum(-1)  # (B, C)
+assert (grad_mass[~toy_labelled] == 0).all() and (grad_mass[toy_labelled] > 0).all()
+display(pd.DataFrame({"labelled": toy_labelled.flatten().numpy(), "Dice term": hand_dice.flatten().numpy(),
+                      "BCE term": hand_bce.flatten().numpy(), "gradient mass": grad_mass.flatten().numpy()},
+                     index=pd.MultiIndex.from_product([[0, 1], [0, 1, 2]], names=["volume", "class"])).round(4))
+print(f"loss {toy_loss['loss'].item():.4f} equals the mean of Dice + BCE over the {int(toy_labelled.sum())} labelled "
+      "pairs computed by hand; the unlabelled pairs get zero gradient")
+
+# %% [markdown]
+# Random patches are drawn 2 : 1 around labelled foreground and background (MONAI `RandCropByPosNegLabeld`), as the
+# Universal Model does. The `paper`
 # profile adds the rest of the Universal Model's recipe: the Swin encoder starts from self-supervised weights
 # (`pretrained`, MONAI's `model_swinvit.pt` read by `SwinUNETR.load_from`; not the file the Universal Model's README
 # names, see section 7), the learning rate warms up linearly and then decays along a cosine
@@ -559,7 +700,64 @@ Markdown(
 # * **Held-out generalisation** on the phantoms is a source whose labels were never seen in training *and* whose
 #   images come from a shifted "scanner"; the classes it labels are learnt from other sources.
 
-# %%
+# %% [markdown]
+# ## Summary
+#
+# * **The Universal Model's class-specific head.** One network segments every class: a controller turns
+#   [image code; class text code] into the 153 weights of a tiny 8 &rarr; 8 &rarr; 8 &rarr; 1 head per class, so the
+#   class is named by its prompt, not by an output channel {cite:p}`liu2023universal`.
+# * **MoME, as the book reconstructs it.** The experts are the decoder's scales; a text-guided router gives, for
+#   every class and voxel, softmax weights $w_{c,e}(x)$ over them, and the class's head reads the fused
+#   $F_c(x) = \sum_e w_{c,e}(x) E_e(x)$. The routing is dense (every expert runs at every voxel) and has no balance
+#   loss. You checked both equations by hand on a toy batch.
+# * **Partial labels.** Each source annotates only some organs; the loss is Dice + BCE over the labelled
+#   (volume, class) pairs only, and an unlabelled class gets exactly zero gradient.
+# * **A paired comparison.** Training two backbones would compare seeds as much as routers; training the two
+#   heads on one frozen backbone per seed isolates what the router adds. A router weight is not a contribution: the
+#   expert shares of section 5 measure the fused feature itself.
+#
+# What this run measured (generated from its numbers):
+
+# %% tags=["remove-input"]
+summary = [f"* **Headline.** {claim_sentence(claims[0])}"]
+if len(claims) > 1 and claims[1]["claim"].startswith("On a source held out"):
+    summary.append(f"* **Held-out source.** {claim_sentence(claims[1])}")
+if e2e is not None:
+    summary.append(f"* The end-to-end Universal Model that every head starts from scores {e2e['test']:.3f} mean Dice "
+                   "on the in-domain test volumes.")
+if w_out is not None:
+    summary.append(f"* **The router.** It started at w(out) = {start_w:.2f}; after training, `out` keeps a mean weight "
+                   f"of {w_out.mean():.3f} inside the organs of the drawn volume (from {w_out.min():.3f} to "
+                   f"{w_out.max():.3f} over the seeds), against the uniform {uniform:.2f}.")
+side_claims = [r for r in claims if r["claim"].startswith("Kidney heads")]
+if side_claims:
+    summary.append("* **Kidney sides** (own side against the other, mean Dice over seeds): " + "; ".join(
+        f"{r['claim'][len('Kidney heads ('):r['claim'].index(')')]} {r['treatment']['mean']:.3f} vs "
+        f"{r['control']['mean']:.3f}, {r['verdict']}" for r in side_claims) + ".")
+markdown("\n".join(summary))
+
+# %% [markdown]
+# ## Exercises
+#
+# Each command reruns the chapter in the quick profile with one or more parameters changed (a few minutes on a
+# CPU; `n_seeds` and the epochs scale the time).
+#
+# 1. `medmoe run notebooks/04_mome.py -p held_out_shift "[1.0, 0.0]"`: the held-out source is scanned like the
+#    training sources. Compare `dice_held_out_*[spleen]` with `dice_test_*[spleen]` in the run's `metrics.json`:
+#    whatever gap is left comes from the source never being trained on, not from the scanner. Was MoME's head
+#    better or worse than the Universal head under the shift, and does that change without it?
+# 2. `medmoe run notebooks/04_mome.py -p head_epochs 12`: twice the head training. Watch the router's per-seed
+#    weights in section 5: does w(out) leave its start of 0.95, and does the headline Δ become consistent across
+#    seeds? If the router barely moves, the two heads stay close to the same function by construction.
+# 3. `medmoe run notebooks/04_mome.py -p n_seeds 6`: more paired seeds for the same claims. The verdict rule needs
+#    a one-sided p < 0.05; see whether the headline's Δ and its spread change, or only p.
+# 4. `medmoe run notebooks/04_mome.py -p held_out kidney -p train_sources liver_tumour,spleen,multi_organ`: hold
+#    out the kidney source instead of the spleen. The kidneys are still learnt from `multi_organ`; the held-out
+#    claim now scores both kidneys, whose prompts differ in one word (section 4).
+# 5. `medmoe run notebooks/04_mome.py -p epochs 20`: a better-trained backbone. Does the end-to-end Dice rise, and
+#    does the router add more, or less, on the better features it fuses?
+
+# %% tags=["hide-cell"]
 metrics = {"seeds": seeds, "classes": classes, "design": "paired heads on one frozen backbone per seed"}
 tags = {"universal": "universal", "mome": "mome", "end-to-end": "end_to_end", "centred": "universal_centred",
         "learned": "universal_learned"}

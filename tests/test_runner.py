@@ -19,6 +19,7 @@ from medmoe.repro.runner import (
     MissingInputsError,
     RunnerError,
     check_inputs,
+    load_card_profiles,
     load_profiles,
     materialise_fixtures,
     notebook_parameters,
@@ -408,3 +409,13 @@ def test_report_counts_each_papers_cells_by_status(tmp_path):
     text = registry.render_report(runs_root=runs, papers=reg)
     assert "5 cells: 1 reproduced, 1 quick analogue, 1 not run, 1 not public, 1 not computed." in text
     assert "*not public*: the paper prints no number there" in text
+
+
+def test_a_profiles_yaml_entry_serves_a_notebook_without_a_card_and_cards_still_serve_the_rest():
+    """notebooks/profiles.yaml holds the comparison chapter's profiles; the paper chapters beside it keep their
+    cards' profiles, and a notebook named by neither gets an error naming both places."""
+    root = Path(__file__).resolve().parent.parent
+    assert set(load_profiles(root / "notebooks/05_comparison.py")) == {"quick", "smoke"}
+    assert load_profiles(root / "notebooks/01_mlmoe.py") == load_card_profiles("01_mlmoe")
+    with pytest.raises(RunnerError, match="no entry for notebook 'zz_nothing'.*no paper card"):
+        load_profiles(root / "notebooks/zz_nothing.py")

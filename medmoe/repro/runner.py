@@ -193,9 +193,18 @@ def check_inputs(inputs: list[dict[str, Any]], parameters: dict[str, Any], *, ba
     return absolute
 
 
+def _local_profiles(notebook: Path) -> dict[str, Any] | None:
+    """The notebook's entry in a ``profiles.yaml`` beside it, or None (no such file, or no entry for it)."""
+    local = notebook.parent / "profiles.yaml"
+    if not local.is_file():
+        return None
+    return (yaml.safe_load(local.read_text()) or {}).get(notebook.stem)
+
+
 def _card_of(notebook: Path):
-    """The notebook's paper card, or None for a notebook outside the book (one with its own profiles.yaml)."""
-    if (notebook.parent / "profiles.yaml").is_file():
+    """The notebook's paper card, or None for a notebook with its own entry in a ``profiles.yaml`` beside it (your
+    own, a test's, or a chapter that reads the others' runs and has no paper, such as the comparison chapter)."""
+    if _local_profiles(notebook) is not None:
         return None
     try:
         return card_for_notebook(notebook.stem)
@@ -244,15 +253,20 @@ def notebook_parameters(nb) -> dict[str, Any]:
 def load_profiles(notebook: str | Path) -> dict[str, dict[str, Any]]:
     """The profiles of one notebook: ``{profile: {parameter: value}}``.
 
-    A chapter's come from its paper's card (:func:`medmoe.papers.card_for_notebook`). A notebook outside the book
-    (your own, or a test's) may keep them in a ``profiles.yaml`` beside it: ``{<stem>: {profiles: {...}}}``.
+    A paper chapter's come from its paper's card (:func:`medmoe.papers.card_for_notebook`). Any other notebook (your
+    own, a test's, or a chapter without a paper such as ``notebooks/05_comparison.py``) keeps them in a
+    ``profiles.yaml`` beside it: ``{<stem>: {profiles: {...}}}``; an entry there takes precedence over a card.
     """
     notebook = Path(notebook)
     local = notebook.parent / "profiles.yaml"
-    if local.is_file():
-        entry = (yaml.safe_load(local.read_text()) or {}).get(notebook.stem)
-        if entry is None:
-            raise RunnerError(f"{local} has no entry for notebook '{notebook.stem}'")
+    entry = _local_profiles(notebook)
+    if entry is None and local.is_file():
+        try:
+            return load_card_profiles(notebook.stem)
+        except ValueError:
+            raise RunnerError(f"{local} has no entry for notebook '{notebook.stem}', and no paper card names it") \
+                from None
+    if entry is not None:
         profiles = entry.get("profiles")
         if not isinstance(profiles, dict) or not profiles:
             raise RunnerError(f"{local}: '{notebook.stem}' must define a non-empty 'profiles' mapping")

@@ -105,8 +105,8 @@ def text_present_step(model, batch, *, seg_loss: SegLoss, div_weight: float = 1.
 
 def distillation_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:
     """``E_x sum_s ||f_m^s - f^_m^s||_2``: per sample the (non-squared) L2 norm over tokens x channels of each
-    stage's difference, summed over stages, averaged over the batch (MLMoE Sec. II-C; the spec flags sum vs
-    mean and squared vs not as unresolved -- this is its proposal)."""
+    stage's difference, summed over stages, averaged over the batch (MLMoE Eq. (7); the paper leaves open whether
+    the norm is squared and how the stages combine -- this is the book's reading)."""
     if len(teacher) != len(student):
         raise ValueError(f"teacher has {len(teacher)} stages, student {len(student)}")
     total = 0.0

@@ -177,7 +177,7 @@ class MoTE(nn.Module):
         g = self.gate(x)  # Eq. (1)-(2); top-1 (Eq. 3)
         conf = g.logits.gather(-1, g.indices)[..., 0]  # c_{b,t}, Eq. (4)
         selected = conf.argmax(dim=1)  # the token with the most confident expert
-        p = g.probs.gather(-1, g.indices)  # confidence weight, Eq. (5)-(6) as the spec reads them
+        p = g.probs.gather(-1, g.indices)  # Eq. (5)-(6), the book's reading: softmax over all E logits at the choice
         weights = torch.zeros_like(g.probs).scatter(-1, g.indices, p)
         h, counts = dispatch_combine(x.reshape(b * t, d), self.experts, g.indices.reshape(b * t, 1),
                                      weights.reshape(b * t, -1))
