@@ -12,6 +12,9 @@ NOTEBOOKS = $(shell $(BIN)/medmoe chapters --paths)
 REHEARSED = $(shell $(BIN)/medmoe chapters --paths --with-profile rehearsal)
 REHEARSAL_SECONDS ?= 60
 PROFILE  ?= quick
+# A chapter whose inputs (notebook, profile parameters, medmoe sources, requirements.txt) match the inputs.sha256 of
+# its last successful run is not executed again; FORCE=1 re-executes every chapter.
+SKIP_UNCHANGED = $(if $(FORCE),,--skip-unchanged)
 
 .PHONY: book test install notebooks lint unit nbval rehearsal gpu-wheels sync clean help
 help:
@@ -34,7 +37,7 @@ notebooks: $(STAMP)
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  stem=$$(basename $$nb .py); \
 	  echo "== medmoe run $$nb --profile $(PROFILE)"; \
-	  $(BIN)/medmoe run $$nb --profile $(PROFILE) --out runs/$(PROFILE)/$$stem; \
+	  $(BIN)/medmoe run $$nb --profile $(PROFILE) --out runs/$(PROFILE)/$$stem $(SKIP_UNCHANGED); \
 	  cp runs/$(PROFILE)/$$stem/notebook.ipynb book/chapters/$$stem.ipynb; \
 	done
 
@@ -81,9 +84,11 @@ gpu-wheels: $(STAMP)
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 	  monai==1.6.1 segment-anything==1.0 nibabel==5.4.2
 
-# Keep each notebooks/NN_name.py and its paired .ipynb in step (the .ipynb is committed without outputs).
+# Keep each notebooks/NN_name.py and its paired .ipynb in step (the .ipynb is committed without outputs), and
+# regenerate their Colab badges and install cells from book/_config.yml's repository block (medmoe sync-links).
 sync: $(STAMP)
 	$(BIN)/jupytext --sync $(NOTEBOOKS)
+	$(BIN)/medmoe sync-links
 	$(BIN)/jupyter nbconvert --clear-output --inplace $(NOTEBOOKS:.py=.ipynb)
 
 clean:
