@@ -13,8 +13,13 @@ REHEARSED = $(shell $(BIN)/medmoe chapters --paths --with-profile rehearsal)
 # Chapters without a paper: they read the paper chapters' runs and train nothing, so they run after them
 # (profiles in notebooks/profiles.yaml).
 SYNTHESES = notebooks/05_comparison.py
+# What they read: a chapter that re-ran makes them re-run too (medmoe run --depends-on, with --skip-unchanged).
+CHAPTER_RECORDS = $(foreach nb,$(NOTEBOOKS),--depends-on runs/$(PROFILE)/$(basename $(notdir $(nb)))/metrics.json)
 REHEARSAL_SECONDS ?= 60
 PROFILE  ?= quick
+# A chapter whose inputs (notebook, profile parameters, medmoe sources, requirements.txt) match the inputs.sha256 of
+# its last successful run is not executed again; FORCE=1 re-executes every chapter.
+SKIP_UNCHANGED = $(if $(FORCE),,--skip-unchanged)
 
 .PHONY: book test install notebooks lint unit nbval rehearsal gpu-wheels sync clean help
 help:
@@ -36,8 +41,9 @@ notebooks: $(STAMP)
 	@test -n "$(NOTEBOOKS)" || { echo "no chapter notebooks found (medmoe chapters --paths)"; exit 1; }
 	@set -e; for nb in $(NOTEBOOKS) $(SYNTHESES); do \
 	  stem=$$(basename $$nb .py); \
+	  case " $(SYNTHESES) " in *" $$nb "*) deps="$(CHAPTER_RECORDS)";; *) deps="";; esac; \
 	  echo "== medmoe run $$nb --profile $(PROFILE)"; \
-	  $(BIN)/medmoe run $$nb --profile $(PROFILE) --out runs/$(PROFILE)/$$stem; \
+	  $(BIN)/medmoe run $$nb --profile $(PROFILE) --out runs/$(PROFILE)/$$stem $(SKIP_UNCHANGED) $$deps; \
 	  cp runs/$(PROFILE)/$$stem/notebook.ipynb book/chapters/$$stem.ipynb; \
 	done
 
@@ -84,9 +90,11 @@ gpu-wheels: $(STAMP)
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 	  monai==1.6.1 segment-anything==1.0 nibabel==5.4.2
 
-# Keep each notebooks/NN_name.py and its paired .ipynb in step (the .ipynb is committed without outputs).
+# Keep each notebooks/NN_name.py and its paired .ipynb in step (the .ipynb is committed without outputs), and
+# regenerate their Colab badges and install cells from book/_config.yml's repository block (medmoe sync-links).
 sync: $(STAMP)
 	$(BIN)/jupytext --sync $(NOTEBOOKS) $(SYNTHESES)
+	$(BIN)/medmoe sync-links
 	$(BIN)/jupyter nbconvert --clear-output --inplace $(NOTEBOOKS:.py=.ipynb) $(SYNTHESES:.py=.ipynb)
 
 clean:

@@ -52,7 +52,7 @@
 import sys
 
 if "google.colab" in sys.modules:
-    # !pip install -q "medmoe[offline-text] @ git+https://github.com/medmoe-book/medmoe-book"
+    # !pip install -q "medmoe[offline-text] @ git+https://github.com/medmoe-book/medmoe-book@main"
     pass
 
 # %% tags=["parameters"]

@@ -35,6 +35,14 @@
 # library's models. The papers' own results are not repeated here; the [reproduction page](reproduction.md) puts
 # them beside the book's.
 
+# %% tags=["remove-cell"]
+# Colab only: install the book's library when this notebook runs on Colab (Colab's own torch is kept).
+import sys
+
+if "google.colab" in sys.modules:
+    # !pip install -q "medmoe @ git+https://github.com/medmoe-book/medmoe-book@main"
+    pass
+
 # %% tags=["parameters"]
 # Parameters. `medmoe run notebooks/05_comparison.py -p max_experts 16` overrides them; the profiles live in
 # notebooks/profiles.yaml (this chapter has no paper card).

@@ -1,5 +1,6 @@
 """The ``medmoe`` command: ``run`` a chapter notebook with a profile, ``prepare`` notebooks for nbval, list the
-``chapters``, ``report`` the reproduction page, ``reproduce`` registry cells, print the ``env`` record.
+``chapters``, ``report`` the reproduction page, ``reproduce`` registry cells, print the ``env`` record, ``sync-links``
+(regenerate the notebooks' Colab badges and install cells from ``book/_config.yml``, :mod:`medmoe.repro.links`).
 
 Explained in the book: *Environment and commands*. The work is done by :mod:`medmoe.repro.runner` and
 :mod:`medmoe.repro.registry`; this module only parses arguments (it imports both, neither imports it).
@@ -17,6 +18,7 @@ import yaml
 
 from medmoe.env import environment
 from medmoe.papers import cards
+from medmoe.repro.links import link_problems, sync_links
 from medmoe.repro.registry import rehearsal_gaps, render_report, render_timings, reproduce
 from medmoe.repro.runner import METRICS_FILE, RunnerError, prepare_notebook, run_notebook
 
@@ -36,7 +38,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for name, value in args.parameter or []:
         overrides[name] = _parse_value(value)
     rec = run_notebook(args.notebook, profile=args.profile, parameters=overrides, out_dir=args.out,
-                       timeout=args.timeout, log_output=args.log_output, gpus=args.gpus, cpu=args.cpu)
+                       timeout=args.timeout, log_output=args.log_output, gpus=args.gpus, cpu=args.cpu,
+                       skip_unchanged=args.skip_unchanged, depends_on=args.depends_on or ())
+    if rec.get("skipped"):  # .ci/run counts these lines: a second `make book` must execute no notebook
+        print(f"skipped {args.notebook}: inputs unchanged since its run in {rec['parameters']['run_dir']} "
+              f"(inputs.sha256 {rec['inputs_sha256'][:12]})")
+        return 0
     shown = {k: rec[k] for k in ("notebook", "profile", "seed", "status", "wall_time_s", "metrics")}
     if args.profile == "rehearsal":  # the paper path must fill every paper cell it shares parameters with
         gaps = rehearsal_gaps(rec)
@@ -71,6 +78,20 @@ def _cmd_chapters(args: argparse.Namespace) -> int:
             print(card.notebook_path)
         else:
             print(f"{card.notebook_path}\t{card.paper}\t{card.title}\t{sorted(card.profiles)}")
+    return 0
+
+
+def _cmd_sync_links(args: argparse.Namespace) -> int:
+    try:
+        if args.check:
+            problems = link_problems(args.root)
+            for p in problems:
+                print(p)
+            return 1 if problems else 0
+        for path in sync_links(args.root, rev=args.rev):
+            print(f"updated {path}")
+    except ValueError as e:
+        raise RunnerError(str(e)) from None
     return 0
 
 
@@ -112,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel processes (accelerate launch, DDP); rank 0 writes the notebook and metrics")
     r.add_argument("--cpu", action="store_true", help="with --gpus N: run the N processes on the CPU (gloo)")
     r.add_argument("--max-seconds", type=float, default=None, help="fail if the run takes longer (CI budgets)")
+    r.add_argument("--skip-unchanged", action="store_true",
+                   help="reuse the last successful run in --out if its inputs.sha256 (notebook, profile, parameters, "
+                        "medmoe sources, requirements.txt) is unchanged; make book passes it unless FORCE=1")
+    r.add_argument("--depends-on", action="append", metavar="FILE",
+                   help="a file the notebook reads whose content also decides --skip-unchanged (repeatable); the "
+                        "comparison chapter depends on the chapters' metrics.json")
     r.set_defaults(func=_cmd_run)
     pr = sub.add_parser("prepare", help="write notebooks with a profile injected, not executed (for nbval)")
     pr.add_argument("notebooks", nargs="+")
@@ -125,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     only.add_argument("--paths", action="store_true", help="print only the notebook paths (for the Makefile)")
     ls.add_argument("--with-profile", metavar="NAME", help="only the chapters whose card defines this profile")
     ls.set_defaults(func=_cmd_chapters)
+    sl = sub.add_parser("sync-links", help="regenerate every notebook's Colab badge and install cell from "
+                        "book/_config.yml (repository.url, repository.branch); make sync runs it")
+    sl.add_argument("--rev", help="set repository.branch to this branch, tag or commit first")
+    sl.add_argument("--root", default=".", help="the repository's root (default: here)")
+    sl.add_argument("--check", action="store_true", help="change nothing; list the links that differ (exit 1)")
+    sl.set_defaults(func=_cmd_sync_links)
     e = sub.add_parser("env", help="print the environment record")
     e.set_defaults(func=_cmd_env)
     rep = sub.add_parser("report", help="render the reproduction page and the timing table from the registry and runs/")

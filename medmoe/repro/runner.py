@@ -39,7 +39,7 @@ import os
 import string
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -62,10 +62,14 @@ __all__ = [
     "checkpoint_dir",
     "save_results",
     "tag_for_the_book",
+    "inputs_hash",
+    "package_sources_hash",
+    "reusable_run",
 ]
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.json"
+INPUTS_FILE = "inputs.sha256"  # beside metrics.json: the hash of what a successful run was made from
 RESERVED = ("profile", "run_dir", "run_key")  # injected by the runner into every notebook
 
 
@@ -461,6 +465,73 @@ def tag_for_the_book(path: str | Path) -> None:
         os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------- execute only what changed
+def package_sources_hash() -> str:
+    """sha256 over every source file of the installed ``medmoe`` package (``.py``, ``.yaml``), names included.
+
+    The cards (``medmoe/papers/<name>/card.yaml``) are package files, so a changed profile is seen here too.
+    """
+    root = Path(medmoe.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _requirements_text() -> bytes:
+    """The pinned requirements (``requirements.txt`` beside the package's folder); empty for an installed wheel."""
+    path = Path(medmoe.__file__).resolve().parent.parent / "requirements.txt"
+    return path.read_bytes() if path.is_file() else b""
+
+
+def inputs_hash(notebook: str | Path, profile: str, parameters: dict[str, Any],
+                depends_on: Sequence[str | Path] = ()) -> str:
+    """sha256 of everything a run is made from: the notebook's text, the profile, every resolved parameter (the
+    profile's values, the ``-p`` overrides, the notebook's defaults), the ``medmoe`` sources and the pinned
+    requirements, and the content of every file in ``depends_on`` (a missing one counts as missing), for a
+    notebook that reads other runs' records. ``medmoe run --skip-unchanged`` reuses a run only when this is unchanged.
+
+    Example:
+        >>> import tempfile
+        >>> nb = Path(tempfile.mkdtemp()) / "x.py"; _ = nb.write_text("x = 1")
+        >>> inputs_hash(nb, "quick", {"seed": 0}) == inputs_hash(nb, "quick", {"seed": 0})
+        True
+        >>> inputs_hash(nb, "quick", {"seed": 0}) == inputs_hash(nb, "quick", {"seed": 1})
+        False
+    """
+    h = hashlib.sha256()
+    for part in (Path(notebook).read_bytes(), profile.encode(),
+                 json.dumps(_json_safe(parameters), sort_keys=True).encode(),
+                 package_sources_hash().encode(), _requirements_text()):
+        h.update(hashlib.sha256(part).digest())
+    for dep in depends_on:
+        dep = Path(dep)
+        h.update(hashlib.sha256(str(dep).encode() + b"\0" + (dep.read_bytes() if dep.is_file() else b"missing"))
+                 .digest())
+    return h.hexdigest()
+
+
+def reusable_run(out: str | Path, digest: str) -> dict[str, Any] | None:
+    """The ``metrics.json`` record in ``out`` if that run succeeded from inputs hashing to ``digest``, else None.
+
+    A failed or interrupted run has no ``inputs.sha256`` (it is removed before a run starts and written after
+    ``metrics.json`` of a successful one), so it is never reused; neither is a run whose inputs changed.
+    """
+    out = Path(out)
+    stored, metrics = out / INPUTS_FILE, out / METRICS_FILE
+    if not (stored.is_file() and metrics.is_file() and (out / "notebook.ipynb").is_file()):
+        return None
+    if stored.read_text().strip() != digest:
+        return None
+    try:
+        record = json.loads(metrics.read_text())
+    except ValueError:
+        return None
+    if record.get("status") != "ok" or record.get("inputs_sha256") != digest:
+        return None
+    return record
+
+
 def run_notebook(
     notebook: str | Path,
     *,
@@ -472,6 +543,8 @@ def run_notebook(
     log_output: bool = False,
     gpus: int = 1,
     cpu: bool = False,
+    skip_unchanged: bool = False,
+    depends_on: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Execute ``notebook`` with ``profile`` and ``parameters`` overrides; return the ``metrics.json`` record.
 
@@ -480,6 +553,12 @@ def run_notebook(
     ``notebook.ipynb`` and ``metrics.json``; the other ranks run the same code as a script generated from the
     notebook with the same parameters injected. ``cpu=True`` runs those processes on the CPU (gloo), which is how
     the test suite checks this path on a machine without GPUs.
+
+    ``skip_unchanged=True`` (``medmoe run --skip-unchanged``, what ``make book`` passes unless ``FORCE=1``) returns
+    the record of the last run in ``out_dir`` without executing anything when that run succeeded and
+    :func:`inputs_hash` of this one is the same (the record then has ``"skipped": True``); otherwise it runs.
+    Every successful run writes ``inputs.sha256`` beside ``metrics.json``. ``depends_on`` names files the notebook
+    reads (other runs' ``metrics.json``) whose content is part of that hash.
 
     Raises :class:`RunnerError` on any problem; a failing cell still leaves ``notebook.ipynb`` (with the
     error) and a ``metrics.json`` with ``"status": "failed"`` in ``out_dir``.
@@ -501,7 +580,13 @@ def run_notebook(
     out = Path(out_dir) if out_dir else Path("runs") / profile / notebook.stem
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
-    for stale in (RESULTS_FILE, METRICS_FILE):
+    digest = inputs_hash(notebook, profile, {**all_params, "run_dir": str(out), "processes": gpus},
+                         depends_on=[Path(d).resolve() for d in depends_on])
+    if skip_unchanged:
+        previous = reusable_run(out, digest)
+        if previous is not None:
+            return {**previous, "skipped": True}
+    for stale in (INPUTS_FILE, RESULTS_FILE, METRICS_FILE):
         (out / stale).unlink(missing_ok=True)
     card = _card_of(notebook)
     injected = materialise_fixtures(card.name if card else None, injected, out / "fixtures")
@@ -546,8 +631,9 @@ def run_notebook(
         _atomic_json(out / METRICS_FILE, record)
         raise RunnerError(f"{notebook}: {record['error']}")
     results = json.loads(results_path.read_text())
-    record.update(status="ok", **results, environment=environment())
+    record.update(status="ok", **results, environment=environment(), inputs_sha256=digest)
     _atomic_json(out / METRICS_FILE, record)
+    (out / INPUTS_FILE).write_text(digest + "\n")  # last: only a complete, successful run is ever reused
     return record
 
 
