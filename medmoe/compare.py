@@ -88,21 +88,23 @@ DESIGNS: dict[str, Design] = {
 }
 """The four papers' designs, in chapter order."""
 
-EXPERT_COUNTS: dict[str, tuple[int, ...]] = {"mlmoe": (1, 2, 4, 8), "medmoe": (1, 2, 4, 8), "segmote": (1, 2, 4, 8),
-                                             "mome": (1, 2, 3, 4, 5)}
-"""Numbers of experts for the cost figure (MoME has five decoder levels to route over)."""
+EXPERT_COUNTS: dict[str, tuple[int, ...]] = {"mlmoe": (1, 2, 4, 8, 16), "medmoe": (1, 2, 4, 8, 16),
+                                             "segmote": (1, 2, 4, 8, 16), "mome": (1, 2, 3, 4, 5)}
+"""Numbers of experts the cost figure may count (MoME has five decoder levels to route over); Chapter 5 keeps those
+up to its ``max_experts`` (8 by default)."""
 
 _MOME_LEVELS = ("dec3", "dec2", "dec1", "dec0", "out")
 
 
 def latest_runs(runs_root: str | Path, *, profile: str = "quick") -> dict[str, dict[str, Any]]:
-    """``{notebook stem: record}``: the newest successful ``profile`` run of each notebook under ``runs_root``.
+    """``{notebook stem: record}``: the newest successful ``profile`` run of each notebook in the folders directly
+    under ``runs_root`` (``runs/quick/<chapter>/metrics.json``; deeper folders are not searched).
 
     Raises:
         ValueError: a ``metrics.json`` that is not valid JSON (named).
     """
     found: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(runs_root).rglob("metrics.json")):
+    for path in sorted(Path(runs_root).glob("*/metrics.json")):
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:

@@ -7,6 +7,7 @@ rendered with :func:`markdown`.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import textwrap
 from pathlib import Path
@@ -36,15 +37,30 @@ def source_location(obj) -> str:
     return f"{shown}, lines {start}-{start + len(lines) - 1}"
 
 
-def show_source(*objs, dedent: bool = True):
+def _without_docstrings(src: str) -> str:
+    """``src`` (dedented Python) with the docstrings of its functions and classes removed, the code kept."""
+    tree = ast.parse(src)
+    drop: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and \
+                    isinstance(first.value.value, str) and len(node.body) > 1:
+                drop.update(range(first.lineno, first.end_lineno + 1))
+    return "\n".join(line for i, line in enumerate(src.splitlines(), start=1) if i not in drop)
+
+
+def show_source(*objs, dedent: bool = True, docstrings: bool = False):
     """The source of each of ``objs`` (classes, functions, methods), as one highlighted Python block.
 
     Each block starts with a comment naming the file and lines it comes from, so the page shows exactly the code
-    the run uses. In a notebook the returned :class:`IPython.display.Code` renders with syntax highlighting.
+    the run uses. Docstrings are left out unless ``docstrings=True`` (the page explains the code in prose; the file
+    keeps them). In a notebook the returned :class:`IPython.display.Code` renders with syntax highlighting.
 
     >>> from medmoe.moe import dispatch_combine
-    >>> "def dispatch_combine" in show_source(dispatch_combine).data
-    True
+    >>> code = show_source(dispatch_combine).data
+    >>> "def dispatch_combine" in code, "Args:" in code, "Args:" in show_source(dispatch_combine, docstrings=True).data
+    (True, False, True)
     """
     from IPython.display import Code  # lazy: IPython is only needed where a notebook shows code
 
@@ -52,8 +68,12 @@ def show_source(*objs, dedent: bool = True):
         raise ValueError("show_source needs at least one class, function or method")
     parts = []
     for obj in objs:
-        src = inspect.getsource(inspect.unwrap(obj))
-        parts.append(f"# {source_location(obj)}\n" + (textwrap.dedent(src) if dedent else src).rstrip())
+        src = textwrap.dedent(inspect.getsource(inspect.unwrap(obj))) if dedent or not docstrings else \
+            inspect.getsource(inspect.unwrap(obj))
+        if not docstrings:
+            src = _without_docstrings(src)
+        note = "" if docstrings else " (docstrings left out)"
+        parts.append(f"# {source_location(obj)}{note}\n" + src.rstrip())
     return Code("\n\n\n".join(parts), language="python")
 
 

@@ -65,7 +65,7 @@ n_seeds = 3  # the experiment's seeds are seed, seed + 1, ...; every variant tra
 n_perm = 200  # permutations of the routing decisions for the chance baseline of NMI
 n_experts = 4
 modalities = ["cxr", "ct", "mri", "us"]
-image_size = 48  # 48 rather than 64 since issue 13: three seeds of six variants fit the minute
+image_size = 48  # 48 rather than 64: three seeds of six variants fit in about a minute on 2 CPU cores
 n_train = 640
 n_test = 256
 epochs = 8
@@ -150,7 +150,10 @@ fig = phantom_gallery([test_ds[i] for i in range(len(modalities))])
 # A mixture of $N$ experts $E_1, \dots, E_N$ with a gate $g$ computes {cite:p}`jacobs1991adaptive,shazeer2017moe`
 #
 # $$
-# y(x) = \sum_{i=1}^{N} g_i(x)\, E_i(x), \qquad g(x) \in \Delta^{N-1}\ \text{(weights} \ge 0 \text{ that sum to 1)}.
+# \begin{gathered}
+# y(x) = \sum_{i=1}^{N} g_i(x)\, E_i(x), \\
+#  g(x) \in \Delta^{N-1}\ \text{(weights} \ge 0 \text{ that sum to 1)}.
+# \end{gathered}
 # $$
 #
 # The papers differ in how the gate $g$ is made:
@@ -165,8 +168,11 @@ fig = phantom_gallery([test_ds[i] for i in range(len(modalities))])
 #   learned $W_g$, $W_n$ and $Z \sim \mathcal N(0, 1)$ drawn in training only,
 #
 #   $$
-#   L = X W_g, \qquad \tilde L = L + \big(\mathrm{softplus}(X W_n) + \varepsilon\big) \odot Z, \qquad
+#   \begin{gathered}
+#   L = X W_g, \\
+#    \tilde L = L + \big(\mathrm{softplus}(X W_n) + \varepsilon\big) \odot Z, \\
 #   g = \mathrm{softmax}\big(\mathrm{KeepTopK}(\tilde L, k)\big),
+#   \end{gathered}
 #   $$
 #
 #   where $\mathrm{KeepTopK}$ sets all but the $k$ largest entries to $-\infty$. Only $k$ experts run. With
@@ -190,6 +196,9 @@ for gate in (soft, noisy, hard):
           f"indices[0] = {out.indices[0].tolist()}, shapes {tuple(out.weights.shape)} / {tuple(out.indices.shape)}")
 
 # %% [markdown]
+# For `SoftGate`, `indices` is only its top expert, kept for the statistics: all its weights are non-zero and every
+# expert runs. For the top-2 gate the weights are zero outside `indices`; the hard router's are one-hot.
+#
 # The temperature $\tau$ of the soft gate decides how peaked it is. The same scores $s$, divided by
 # smaller and smaller $\tau$, go from a uniform mixture to a hard choice:
 
@@ -360,16 +369,24 @@ assert abs(sum(parts) - float(y_vox[0, 0, d, h, w])) < 1e-5
 #   `importance_load_loss`, `cv_squared`):
 #
 #   $$
-#   \mathrm{imp}_i = \sum_{x} G_i(x), \qquad \mathrm{load}_i = \sum_{x} \mathbb 1\big[G_i(x) > 0\big], \qquad
-#   \mathcal L_{\mathrm{bal}} = \mathrm{CV}^2(\mathrm{imp}) + \mathrm{CV}^2(\mathrm{load}), \qquad
-#   \mathrm{CV}^2(v) = \frac{\mathrm{Var}(v)}{\mathrm{mean}(v)^2}.
+#   \begin{gathered}
+#   \mathrm{imp}_i = \sum_{x} G_i(x), \\
+#    \mathrm{load}_i = \sum_{x} \mathbb 1\big[G_i(x) > 0\big], \\
+#   \mathcal L_{\mathrm{bal}} = \mathrm{CV}^2(\mathrm{imp}) + \mathrm{CV}^2(\mathrm{load}), \\
+#   \mathrm{CV}^2(v) = \frac{\mathrm{Var}(v)}{\mathrm{mean}(v)^2},
+#   \end{gathered}
 #   $$
+#
+#   with the unbiased variance (`torch.var`), as SegMoTE's code computes it.
 # * **Switch loss** {cite:p}`fedus2022switch` (code `switch_balance_loss`): $f_i$ is the fraction of inputs whose
 #   top-1 expert is $i$, $P_i$ the mean router probability of expert $i$:
 #
 #   $$
-#   f_i = \frac{1}{|\mathcal B|} \sum_{x} \mathbb 1\big[\arg\max_j g_j(x) = i\big], \qquad
-#   P_i = \frac{1}{|\mathcal B|} \sum_{x} g_i(x), \qquad \mathcal L_{\mathrm{switch}} = N \sum_{i=1}^{N} f_i P_i.
+#   \begin{gathered}
+#   f_i = \frac{1}{|\mathcal B|} \sum_{x} \mathbb 1\big[\arg\max_j g_j(x) = i\big], \\
+#   P_i = \frac{1}{|\mathcal B|} \sum_{x} g_i(x), \\
+#    \mathcal L_{\mathrm{switch}} = N \sum_{i=1}^{N} f_i P_i.
+#   \end{gathered}
 #   $$
 #
 #   $f$ counts and has no gradient; $P$ carries it. Balanced routing gives 1, one expert taking everything $N$.
@@ -417,12 +434,15 @@ loss_table(cases).round(3)
 # `balance_weight` or `aux_weight`):
 #
 # $$
-# \mathcal L = \underbrace{1 - \frac{2\sum_p \hat y_p y_p}{\sum_p \hat y_p + \sum_p y_p}}_{\text{Dice}}
-#   \; \underbrace{- \frac{1}{P}\sum_p \big[y_p \log \hat y_p + (1 - y_p)\log(1 - \hat y_p)\big]}_{\text{BCE}}
+# \begin{aligned}
+# \mathcal L = {} & \underbrace{1 - \frac{2\sum_p \hat y_p y_p + \epsilon}{\sum_p \hat y_p + \sum_p y_p + \epsilon}}_{\text{Dice}}
+#   \\ & \underbrace{- \frac{1}{P}\sum_p \big[y_p \log \hat y_p + (1 - y_p)\log(1 - \hat y_p)\big]}_{\text{BCE}}
 #   \; + \; \lambda\, \mathcal L_{\mathrm{extra}},
+# \end{aligned}
 # $$
 #
-# over the $P$ pixels $p$ of a mask $y$ and the sigmoid of the prediction $\hat y$ (MONAI's `DiceCELoss`; the code
+# over the $P$ pixels $p$ of a mask $y$ and the sigmoid of the prediction $\hat y$, with $\epsilon = 10^{-5}$
+# (MONAI's `DiceCELoss`; the code
 # is `medmoe.papers.primer.recipe.make_step`). A seed sets the model's initial weights, the order of the
 # training images and the noisy gate's noise; the images are the same for every seed.
 #
@@ -631,11 +651,13 @@ markdown("\n".join(lines))
 # ## Exercises
 #
 # Each exercise is one command from the repository root; it re-runs this chapter with the quick profile and one
-# parameter changed, and writes a new page under `runs/`. Compare its tables with the ones above.
+# parameter changed, and writes to `runs/quick/00_moe_primer/`, replacing this build's record there (Chapter 5
+# reads that folder); add `--out runs/exercises/<name>` to keep both. Compare its tables with the ones above.
 #
 # 1. `medmoe run notebooks/00_moe_primer.py -p balance_weight 0.0` &mdash; no balance weight: `top-1 + CV²` and
-#    `top-1 + Switch` become the plain `top-1` router trained longer on the same seeds. Do their load entropy and
-#    NMI fall to the control's? This is the control of the headline claim, run as a treatment.
+#    `top-1 + Switch` become the plain `top-1` router with the same seeds, initialisation and steps. Their rows
+#    should equal the control's exactly and the headline Δ should be 0 on every seed: a check that the paired
+#    design isolates the loss. This is the control of the headline claim, run as a treatment.
 # 2. `medmoe run notebooks/00_moe_primer.py -p n_experts 2` &mdash; fewer experts than modalities. NMI can now reach
 #    at most $\log 2 / \log 4 = 0.5$: which modalities share an expert, and does the positive control still beat
 #    its chance level?

@@ -220,7 +220,10 @@ print("words :", [w for w, _ in encoder.words(x0["text"])])
 # all $N$ experts of a stage are computed at once by `medmoe.papers.mlmoe.model.TextExperts`)
 #
 # $$
-# f_t^i = \mathrm{ReLU}\big(\mathrm{Conv}(f_t W_t^i)\big), \qquad i = 1, \dots, N,
+# \begin{gathered}
+# f_t^i = \mathrm{ReLU}\big(\mathrm{Conv}(f_t W_t^i)\big), \\
+#  i = 1, \dots, N,
+# \end{gathered}
 # $$
 #
 # where $f_t$ is the encoded report ($T = 24$ tokens of width $D$), $W_t^i$ is expert $i$'s projection of every
@@ -230,10 +233,14 @@ print("words :", [w for w, _ in encoder.words(x0["text"])])
 # paper; computed by `medmoe.moe.SoftGate`):
 #
 # $$
-# g_i = \frac{\exp(s_i / \tau)}{\sum_{j=1}^{N} \exp(s_j / \tau)}, \qquad s = \Psi(\bar f_t \oplus \bar f_v),
+# \begin{gathered}
+# g_i = \frac{\exp(s_i / \tau)}{\sum_{j=1}^{N} \exp(s_j / \tau)}, \\
+#  s = \Psi(\bar f_t \oplus \bar f'_v),
+# \end{gathered}
 # $$
 #
-# where $\bar f_t$ is the mean of the report's tokens, $\bar f_v$ the mean of the stage's visual tokens, $\oplus$
+# where $\bar f_t$ is the mean of the report's tokens, $\bar f'_v$ the mean of the stage's visual tokens after the
+# self-attention of Eq. 5 (the paper writes $f_v$; the code pools after the self-attention), $\oplus$
 # concatenation, $\Psi$ a linear layer that returns one logit $s_i$ per expert, and $\tau > 0$ a learnable
 # temperature (stored as $\log \tau$ so it stays positive; below 1 it sharpens the gate, above 1 it flattens it,
 # and Table II's "w/o τ" fixes it at 1). The paper writes $f_t \oplus f_v$; averaging the tokens first is the
@@ -246,7 +253,10 @@ print("words :", [w for w, _ in encoder.words(x0["text"])])
 # and it takes the place of $f_t$ in Ariadne's fusion (Eq. 1 becomes Eq. 5; `GuideDecoderLayer.forward`)
 #
 # $$
-# f'_v = f_v + \mathrm{LN}\big(\mathrm{MSA}(f_v)\big), \qquad f_m = f'_v + \mathrm{LN}\big(\mathrm{MCA}(f'_t, f'_v)\big),
+# \begin{gathered}
+# f'_v = f_v + \mathrm{LN}\big(\mathrm{MSA}(f_v)\big), \\
+#  f_m = f'_v + \mathrm{LN}\big(\mathrm{MCA}(f'_t, f'_v)\big),
+# \end{gathered}
 # $$
 #
 # where $f_v$ are the stage's visual tokens, MSA is self-attention over them, MCA is cross-attention in which the
@@ -298,7 +308,7 @@ for name, cfg_name, n in [("this profile", config, num_experts)] + ([("paper con
                    "MLMoE - base (M)": (moe["trainable"] - base["trainable"]) / 1e6,
                    "adapters + virtual prompt (M)": (moe["adapters"] + moe["virtual_prompt"]) / 1e6})
     del base, moe
-counts.append({"configuration": "paper (Sec. III-D)", "Ariadne's Thread (M)": 32.7, f"MLMoE, N={num_experts} (M)": 36.4, "MLMoE - base (M)": 3.7,
+counts.append({"configuration": "paper (Sec. III-D)", "Ariadne's Thread (M)": 32.7, "MLMoE, N=4 (M)": 36.4, "MLMoE - base (M)": 3.7,
                "adapters + virtual prompt (M)": float("nan")})
 param_table = pd.DataFrame(counts).set_index("configuration")
 param_table.round(3)
@@ -317,7 +327,8 @@ show_source(TextExperts.forward, SoftGate.forward, GuideDecoderLayer.project_tex
 # One toy guide stage: three reports of 6 tokens (width 12; the second and third end in padding), 16 visual tokens of
 # width 8, and $N = 3$ experts that map the 6 tokens to 4. The gate's temperature is set to $\tau = 0.5$, as if it had
 # been learned. The cell prints the shapes and each report's gate weights, then recomputes Eq. 2, 3 and 4 and
-# $L_{div}$ by hand and checks that they equal what the library returned. (The toy layer is built on a forked random
+# $L_{div}$ by hand and checks that they equal what the library returned; last, for comparison, the weights the
+# same logits give at $\tau = 1$. (The toy layer is built on a forked random
 # generator, so the training below draws the same numbers as without this cell.)
 
 # %%
@@ -378,8 +389,10 @@ with torch.no_grad():
 # P$, ground truth $y_p \in \{0, 1\}$, mask logits $z_p$ and $\hat y_p = \sigma(z_p)$:
 #
 # $$
-# L_{dice} = 1 - \frac{2 \sum_p \hat y_p y_p + \epsilon}{\sum_p \hat y_p + \sum_p y_p + \epsilon}, \qquad
+# \begin{gathered}
+# L_{dice} = 1 - \frac{2 \sum_p \hat y_p y_p + \epsilon}{\sum_p \hat y_p + \sum_p y_p + \epsilon}, \\
 # L_{ce} = -\frac{1}{P} \sum_p \big[ y_p \log \hat y_p + (1 - y_p) \log (1 - \hat y_p) \big],
+# \end{gathered}
 # $$
 #
 # each averaged over the images of the batch, with $\epsilon = 10^{-5}$ (MONAI's smoothing). The paper names both
@@ -387,7 +400,10 @@ with torch.no_grad():
 # 8). The diversity loss (written in the text after Eq. 5 of the paper; computed by `medmoe.moe.diversity_loss`) is
 #
 # $$
-# L_{div}(g) = \mathbb{E}_x\big[H(g(x))\big] - H\big(\mathbb{E}_x[g(x)]\big), \qquad H(p) = -\sum_{i=1}^{N} p_i \log p_i,
+# \begin{gathered}
+# L_{div}(g) = \mathbb{E}_x\big[H(g(x))\big] - H\big(\mathbb{E}_x[g(x)]\big), \\
+#  H(p) = -\sum_{i=1}^{N} p_i \log p_i,
+# \end{gathered}
 # $$
 #
 # where $g(x)$ is the gate's weight vector for image $x$, $\mathbb{E}_x$ the mean over the images of the mini-batch and
@@ -403,8 +419,10 @@ with torch.no_grad():
 # starting at zero) refines each stage's fused feature. Only $P$ and the adapters learn, with
 #
 # $$
-# L_A = L_{dice} + L_{ce} + \lambda_{dis} L_{dis}, \qquad
+# \begin{gathered}
+# L_A = L_{dice} + L_{ce} + \lambda_{dis} L_{dis}, \\
 # L_{dis} = \mathbb{E}_x \sum_{s=1}^{3} \big\lVert f_m^s - \hat f_m^s \big\rVert_2 ,
+# \end{gathered}
 # $$
 #
 # where $L_{dis}$ is Eq. 7 of the paper (computed by `medmoe.papers.mlmoe.recipe.distillation_loss`): $f_m^s$ is the
@@ -763,7 +781,7 @@ Markdown("\n".join(notes))
 #   mean-pooled text and visual tokens; distillation of each stage's fused feature.
 # * **The gate pools the report over its real tokens** (`gate_text_pool="real_tokens"`, the book's reading; the
 #   paper does not say): the tokenizer's attention mask drops the padding positions from the gate's text mean.
-#   `gate_text_pool="all_tokens"` is the earlier reading (all 24 positions). The experts and the cross-attention
+#   `gate_text_pool="all_tokens"` is the other reading (all 24 positions). The experts and the cross-attention
 #   read all positions, as Ariadne's text projection does.
 # * **Loss.** $L_{ce}$ is BCE on the logits (under MONAI 1.0.1 Ariadne's CE term was identically zero; `dice_only=True`
 #   reproduces that). $L_{div}$ is summed over the three stages (unresolved in the paper); the quick profile weighs it
@@ -789,8 +807,7 @@ Markdown("\n".join(notes))
 #   ConvNeXt (a quarter of ConvNeXt-Tiny's widths, an 8-channel subpixel head) trained from scratch and
 #   all-MiniLM-L6-v2 instead of CXR-BERT (the only real BERT weights that install offline); 7 epochs with batch
 #   16 and no early stopping (the checkpoint with the best validation segmentation loss is kept, as in the base
-#   code), fewer than the 12 used before the paired controls, to pay for three arms on every seed within the CPU
-#   budget; 3 distillation epochs; Table II's ablations on the first seed only.
+#   code), to pay for three arms on every seed within the CPU budget; 3 distillation epochs; Table II's ablations on the first seed only.
 
 # %% [markdown]
 # ## Summary
@@ -831,7 +848,8 @@ markdown("\n".join(lines))
 # %% [markdown]
 # ## Exercises
 #
-# Each command reruns this chapter with the quick profile and one change; the results land in a new run folder.
+# Each command reruns this chapter with the quick profile and one change, and writes to `runs/quick/01_mlmoe/`, replacing this build's record there
+# (Chapter 5 reads that folder); add `--out runs/exercises/<name>` to keep both.
 #
 # 1. `medmoe run notebooks/01_mlmoe.py -p div_weight 0` trains without the diversity loss, and
 #    `medmoe run notebooks/01_mlmoe.py -p div_weight 1` with the paper's weight. In section 6, look at the gate

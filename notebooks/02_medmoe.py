@@ -244,7 +244,11 @@ print("words :", r0.words_text[0], "-> cap_len", int(r0.cap_lens[0]))
 # from one vector per image and keeps the best:
 #
 # $$
-# z = W_2\,\mathrm{ReLU}(W_1 \bar v), \qquad \alpha = \mathrm{softmax}(z), \qquad k^* = \arg\max_{k} \alpha_k ,
+# \begin{gathered}
+# z = W_2\,\mathrm{ReLU}(W_1 \bar v), \\
+#  \alpha = \mathrm{softmax}(z), \\
+#  k^* = \arg\max_{k} \alpha_k ,
+# \end{gathered}
 # $$
 #
 # computed by `medmoe.moe.HardRouter.forward`. Here $\bar v \in \mathbb{R}^{C_4}$ is the mean of the Swin's last
@@ -259,9 +263,11 @@ print("words :", r0.words_text[0], "-> cap_len", int(r0.cap_lens[0]))
 # (location, scale) pair, a softmax over the scales gives the **scale attention** $\beta$, and the scales are fused:
 #
 # $$
+# \begin{gathered}
 # \beta_k^{(\ell)}(p) = \frac{\exp u_k\big(F_k^{(\ell)}(p)\big)}{\sum_{\ell'=1}^{4} \exp u_k\big(F_k^{(\ell')}(p)\big)},
-# \qquad
+# \\
 # V_k(p) = \sum_{\ell=1}^{4} \beta_k^{(\ell)}(p)\, F_k^{(\ell)}(p),
+# \end{gathered}
 # $$
 #
 # computed by `medmoe.papers.medmoe.model.MultiScaleExpert.forward`; $p$ is a location and $\beta_k^{(\ell)}(p)$ the
@@ -269,7 +275,10 @@ print("words :", r0.words_text[0], "-> cap_len", int(r0.cap_lens[0]))
 # runs (`medmoe.moe.dispatch_combine`), and its output is the image's local and global embedding:
 #
 # $$
-# V_{local} = V_{k^*}, \qquad v_g = \frac{1}{P_0} \sum_{p=1}^{P_0} V_{local}(p),
+# \begin{gathered}
+# V_{local} = V_{k^*}, \\
+#  v_g = \frac{1}{P_0} \sum_{p=1}^{P_0} V_{local}(p),
+# \end{gathered}
 # $$
 #
 # in `MedMoE.forward_head`; $V_{local}$ ($D \times \frac{H}{4} \times \frac{W}{4}$ once reshaped) feeds the local
@@ -384,8 +393,8 @@ Markdown(
     f"**{paper_cost['gmacs']:.2f} GMACs** per image with one expert active "
     f"({100 * (paper_cost['gmacs'] / 7.8 - 1):+.1f} % from 7.8 G); the Swin-T alone is "
     f"{paper_cost['backbone_gmacs']:.2f} G, so one expert adds {paper_cost['gmacs'] - paper_cost['backbone_gmacs']:.2f} G "
-    "-- almost all of it the scale-attention MLP, which runs on 3136 locations x 4 scales. The released code also "
-    "creates two 768 x 768 embedders it never uses (1.18 M); counting them gives 37.23 M."
+    "-- the scale-attention MLP runs on 3136 locations x 4 scales. The released code also "
+    f"creates two 768 x 768 embedders it never uses (1.18 M); counting them gives {paper_cost['params_m'] + 1.18:.2f} M."
 )
 
 # %% [markdown]
@@ -415,9 +424,11 @@ if bench_batch:
 # the scaled cosine $s_{ij} = \cos(v_{g,i}, t_{g,j}) / \tau$ and $\tau = 0.1$:
 #
 # $$
-# L_{g,0} = -\frac{1}{B} \sum_{i=1}^{B} \log \frac{\exp s_{ii}}{\sum_{j=1}^{B} \exp s_{ij}}, \qquad
-# L_{g,1} = -\frac{1}{B} \sum_{j=1}^{B} \log \frac{\exp s_{jj}}{\sum_{i=1}^{B} \exp s_{ij}}, \qquad
+# \begin{gathered}
+# L_{g,0} = -\frac{1}{B} \sum_{i=1}^{B} \log \frac{\exp s_{ii}}{\sum_{j=1}^{B} \exp s_{ij}}, \\
+# L_{g,1} = -\frac{1}{B} \sum_{j=1}^{B} \log \frac{\exp s_{jj}}{\sum_{i=1}^{B} \exp s_{ij}}, \\
 # L_{global} = L_{g,0} + L_{g,1}.
+# \end{gathered}
 # $$
 #
 # $L_{g,0}$ picks each image's report among the batch's reports and $L_{g,1}$ each report's image; the paper writes
@@ -430,19 +441,23 @@ if bench_batch:
 # context vector $c_{ij,w}$:
 #
 # $$
+# \begin{gathered}
 # \tilde a_{wm} = \frac{\exp\big(t_{j,w}^\top V_{local,i}(m)\big)}{\sum_{w'=1}^{N_j} \exp\big(t_{j,w'}^\top V_{local,i}(m)\big)},
-# \qquad
+# \\
 # a_{wm} = \frac{\exp(\gamma_1 \tilde a_{wm})}{\sum_{m'=1}^{M} \exp(\gamma_1 \tilde a_{wm'})},
-# \qquad
+# \\
 # c_{ij,w} = \sum_{m=1}^{M} a_{wm}\, V_{local,i}(m).
+# \end{gathered}
 # $$
 #
 # Each word is compared with its context, and the words are pooled into one image&ndash;report score $S_{ij}$
 # ($\gamma_2 = 5$), which goes through the same two-way cross-entropy as the global loss:
 #
 # $$
-# S_{ij} = \log \sum_{w=1}^{N_j} \exp\big(\gamma_2 \cos(t_{j,w}, c_{ij,w})\big), \qquad
+# \begin{gathered}
+# S_{ij} = \log \sum_{w=1}^{N_j} \exp\big(\gamma_2 \cos(t_{j,w}, c_{ij,w})\big), \\
 # L_{local} = L_{l,0} + L_{l,1},
+# \end{gathered}
 # $$
 #
 # where $L_{l,0}$ and $L_{l,1}$ are $L_{g,0}$ and $L_{g,1}$ with $s_{ij}$ replaced by $S_{ij} / \tau$. The paper's
@@ -478,8 +493,11 @@ if bench_batch:
 # **Total** (Sec. 4.6), computed by `recipe.pretrain_step` with the weights of `recipe.LossWeights`:
 #
 # $$
-# \mathcal{L} = 0.5\,(L_{l,0} + L_{l,1}) + 0.5\,(L_{g,0} + L_{g,1}) + 2\,L_{aux}
-# = \tfrac{1}{2} \big( L_{global} + L_{local} + \lambda L_{aux} \big), \qquad \lambda = 4,
+# \begin{gathered}
+# \mathcal{L} = 0.5\,(L_{l,0} + L_{l,1}) + 0.5\,(L_{g,0} + L_{g,1}) + 2\,L_{aux} \\
+# = \tfrac{1}{2} \big( L_{global} + L_{local} + \lambda L_{aux} \big), \\
+#  \lambda = 4,
+# \end{gathered}
 # $$
 #
 # the paper's $\mathcal{L}_{total} = L_{global} + L_{local} + \lambda L_{aux}$ with the code's $\lambda = 4$, halved.
@@ -873,8 +891,8 @@ Markdown("\n".join(lines))
 #   sets are the book's own sentences in UniMed-CLIP's style (`medmoe.papers.medmoe.evalsets.CLASS_PROMPTS`), not its lists.
 #   RSNA has no training split in UniMed-CLIP's evaluation release, so its linear probe (Table 2's first block) is not
 #   run; thyroid, ACL and MedIMeta axial CT are.
-# * **Parameters.** The book's model has 36.05 M parameters (Swin-T 27.52 M + router 0.10 M + 6 experts of 1.40 M); the
-#   code's 37.23 M include two embedders it never uses.
+# * **Parameters.** The book's model has the parameters of the cost table in section 3; the code's extra 1.18 M are
+#   two embedders it never uses.
 # * **Quick profile only:** phantoms instead of UniMed (five modalities, dermoscopy standing in for pathology and
 #   fundus); a small Swin (32 wide, window 2, 64&times;64 input) trained from scratch instead of MedCLIP's Swin-T;
 #   all-MiniLM-L6-v2 (six layers, 384-d) instead of Bio_ClinicalBERT, so $D = 384$; one expert per modality (5);
@@ -934,14 +952,15 @@ markdown("\n".join(summary))
 # ## Exercises
 #
 # Each command reruns this chapter in the quick profile with one parameter changed (a few minutes on a CPU) and
-# writes the executed notebook to `runs/`.
+# writes to `runs/quick/02_medmoe/`, replacing this build's record there
+# (Chapter 5 reads that folder); add `--out runs/exercises/<name>` to keep both.
 #
 # 1. `medmoe run notebooks/02_medmoe.py -p aux_on probs` &mdash; the released code's auxiliary loss, a cross-entropy
 #    on the router's probabilities (a double softmax). Look at the $L_{aux}$ curves of section 4 (they cannot fall
 #    below $\log(K - 1 + e) - 1$) and at the share of images routed to their modality's expert in section 5: does
 #    the weaker gradient still teach the router the modality in three epochs?
-# 2. `medmoe run notebooks/02_medmoe.py -p lesion_scales default` &mdash; every modality's lesions drawn at the same
-#    size. Compare the $\beta$ heat maps of section 5b and the scale-attention claim of section 8 with this page:
+# 2. `medmoe run notebooks/02_medmoe.py -p lesion_scales default` &mdash; the phantoms' default lesion sizes (similar
+#    for X-ray, CT, MRI and ultrasound, smaller for dermoscopy) instead of sizes set by modality. Compare the $\beta$ heat maps of section 5b and the scale-attention claim of section 8 with this page:
 #    if the experts' scale weights differ by modality only because the lesion sizes do, the spread should shrink
 #    towards the $K = 1$ control's.
 # 3. `medmoe run notebooks/02_medmoe.py -p text_projection false` &mdash; the released code's frozen text side, with

@@ -256,7 +256,7 @@ print(f"trained on: {seen}; {gap_label}: {new}")
 # confidence replaces the token (the equations and the code are in the next subsection). The mask is the selected
 # token's, from the last layer. Only the new modules train.
 # **The `paper` profile's configuration, `segmote_paper` (SAM ViT-B's 256-wide decoder, as the paper's text
-# describes), trains 2.47 M parameters, not the paper's 17 M**: Table 3's count is that of the released code, built on
+# describes), trains far fewer parameters than the paper's 17 M** (the table below counts them): Table 3's count is that of the released code, built on
 # IMIS-Net's 768-wide decoder (`segmote_paper_imis`, the first row below). PPT's `Q` queries (`ppt_queries`, 2 in the
 # paper; Table 4 also tries 4 and 8) replace the sparse prompt tokens; a batch that mixes PPT rows with box or point
 # rows pads the shorter rows with SAM's own not-a-point token.
@@ -289,8 +289,10 @@ params.round(3)
 # computed by `medmoe.moe.NoisyTopKGate.forward`:
 #
 # $$
-# L = X W_g \in \mathbb{R}^{B \times T \times E}, \qquad
+# \begin{gathered}
+# L = X W_g \in \mathbb{R}^{B \times T \times E}, \\
 # \tilde L = L + \big(\mathrm{softplus}(X W_n) + \varepsilon\big) \odot Z, \quad Z \sim \mathcal{N}(0, 1),
+# \end{gathered}
 # $$
 #
 # where $W_g, W_n \in \mathbb{R}^{D \times E}$ are the router's gating and noise-scale weights, $\varepsilon = 0.01$
@@ -300,8 +302,11 @@ params.round(3)
 # `medmoe.papers.segmote.model.MoTE.forward`:
 #
 # $$
-# \mathrm{idx}_{b,t} = \arg\max_{e} \tilde L_{b,t,e}, \qquad c_{b,t} = \max_{e} \tilde L_{b,t,e}, \qquad
+# \begin{gathered}
+# \mathrm{idx}_{b,t} = \arg\max_{e} \tilde L_{b,t,e}, \\
+#  c_{b,t} = \max_{e} \tilde L_{b,t,e}, \\
 # t^*_b = \arg\max_{t} c_{b,t},
+# \end{gathered}
 # $$
 #
 # where $b$ indexes the image, $t$ the token and $e$ the expert, and the mask of token $t^*_b$ in the last layer is
@@ -310,9 +315,11 @@ params.round(3)
 # the chosen expert (section 8), and the result replaces the token (Eq. 6 of the paper):
 #
 # $$
-# p_{b,t} = \frac{\exp \tilde L_{b,t,\mathrm{idx}_{b,t}}}{\sum_{e=1}^{E} \exp \tilde L_{b,t,e}}, \qquad
+# \begin{gathered}
+# p_{b,t} = \frac{\exp \tilde L_{b,t,\mathrm{idx}_{b,t}}}{\sum_{e=1}^{E} \exp \tilde L_{b,t,e}}, \\
 # \tilde z_{b,t} = \mathrm{proj}\Big(\mathrm{dteall}\big(\mathrm{dte}\big(p_{b,t}\, f_{\mathrm{idx}_{b,t}}(x_{b,t})
 # \big)\big)\Big),
+# \end{gathered}
 # $$
 #
 # where $x_{b,t}$ is the token, $f_e$ expert $e$'s linear map from $D$ to 64 (`MoTE.experts`), and dte, dteall, proj
@@ -323,9 +330,12 @@ params.round(3)
 # `medmoe.moe.cv_squared`:
 #
 # $$
-# \mathrm{imp}_e = \sum_{b,t} G_{b,t,e}, \qquad \mathrm{load}_e = \sum_{b,t} \mathbf{1}(G_{b,t,e} > 0), \qquad
-# \mathcal{L}_{balance} = \mathrm{CV}^2(\mathrm{imp}) + \mathrm{CV}^2(\mathrm{load}), \qquad
+# \begin{gathered}
+# \mathrm{imp}_e = \sum_{b,t} G_{b,t,e}, \\
+#  \mathrm{load}_e = \sum_{b,t} \mathbf{1}(G_{b,t,e} > 0), \\
+# \mathcal{L}_{balance} = \mathrm{CV}^2(\mathrm{imp}) + \mathrm{CV}^2(\mathrm{load}), \\
 # \mathrm{CV}^2(x) = \frac{\frac{1}{E-1} \sum_{e=1}^{E} (x_e - \bar x)^2}{\bar x^2 + 10^{-10}},
+# \end{gathered}
 # $$
 #
 # where $\mathrm{imp}_e$ is the total weight and $\mathrm{load}_e$ the number of tokens expert $e$ received over the
@@ -395,9 +405,11 @@ pd.DataFrame([{"image b": b, "token t": t, "expert idx": int(idx_hand[b, t]), "c
 # `DiceCELoss`) is a smoothed soft Dice per item plus binary cross-entropy:
 #
 # $$
-# \mathcal{L}_{seg} = \frac{1}{B} \sum_{b=1}^{B} \left(1 - \frac{2 \sum_i \sigma_{b,i}\, y_{b,i} + \delta}
-# {\sum_i \sigma_{b,i} + \sum_i y_{b,i} + \delta}\right)
-# - \frac{1}{BN} \sum_{b,i} \Big(y_{b,i} \log \sigma_{b,i} + (1 - y_{b,i}) \log (1 - \sigma_{b,i})\Big),
+# \begin{aligned}
+# \mathcal{L}_{seg} = {} & \frac{1}{B} \sum_{b=1}^{B} \left(1 - \frac{2 \sum_i \sigma_{b,i}\, y_{b,i} + \delta}
+# {\sum_i \sigma_{b,i} + \sum_i y_{b,i} + \delta}\right) \\
+# & - \frac{1}{BN} \sum_{b,i} \Big(y_{b,i} \log \sigma_{b,i} + (1 - y_{b,i}) \log (1 - \sigma_{b,i})\Big),
+# \end{aligned}
 # $$
 #
 # where $\sigma_{b,i}$ is the sigmoid of the selected token's logit at pixel $i$ of item $b$'s low-resolution mask
@@ -524,9 +536,11 @@ moved.round(3)
 # $P \in [-1, 1]^{hw \times 2}$ is
 #
 # $$
-# K = \mathrm{LN}(F) + P W_{xy} + b_{xy}, \qquad
-# A = \mathrm{MHA}(\mathbf{Q}, K, K), \qquad
+# \begin{gathered}
+# K = \mathrm{LN}(F) + P W_{xy} + b_{xy}, \\
+# A = \mathrm{MHA}(\mathbf{Q}, K, K), \\
 # S = \mathrm{LN}\big(A + \mathrm{MLP}(A)\big) \in \mathbb{R}^{Q \times D},
+# \end{gathered}
 # $$
 #
 # where $\mathbf{Q} \in \mathbb{R}^{Q \times D}$ holds the $Q$ learnable queries (`ppt_queries`), LN is a layer norm,
@@ -800,7 +814,7 @@ Markdown("\n".join(lines) + "\n\n" + " ".join(notes))
 #
 # * **The foundation model is a stand-in** in the quick profile: a small SAM from segment-anything's modules,
 #   pretrained for a few epochs on three of the five phantom modalities (`standin_modalities`) with Dice + BCE (the
-#   code's 20 x focal + Dice collapsed to background at this size and budget). The two modalities it never saw play
+#   code's 20 x focal + Dice is available as `loss="focal_dice"`). The two modalities it never saw play
 #   the out-of-domain data sets of Table 1; unlike those, SegMoTE itself trains on them. Nothing here says how
 #   SegMoTE does on top of the real SAM.
 # * **Router initialisation and learning rate** (`router = "deviation"` in the quick profile; the `paper` profile
@@ -820,8 +834,9 @@ Markdown("\n".join(lines) + "\n\n" + " ".join(notes))
 #   straight-through estimator whose forward value stays 1).
 # * **Balance loss** over batch and tokens, as Eq. (7) writes it (the code sums importance over the batch only).
 # * **Width.** The paper describes SAM-B's 256-wide decoder; the code is built on IMIS-Net's 768-wide decoder. Both
-#   are configurations here (`segmote_paper`, `segmote_paper_imis`; formerly `sam_b`, `imis_like`). The `paper`
-#   profile runs `segmote_paper`, which trains **2.47 M** parameters against the paper's 17 M (Table 3); the registry
+#   are configurations here (`segmote_paper`, `segmote_paper_imis`; formerly `sam_b`, `imis_like`, the names
+#   the saved metric keys still use). The `paper` profile runs `segmote_paper`, which trains far fewer parameters
+#   than the paper's 17 M (the count is in the table of section 3); the registry
 #   says so next to its Table 3 cells.
 # * **Loss.** The code's segmentation loss is 20 x focal + Dice + an IoU regression on a frozen head; the quick profile
 #   trains with Dice + BCE by default (`loss="focal_dice"` is the code's two main terms). No pseudo-label branch, no
@@ -854,8 +869,8 @@ Markdown("\n".join(lines) + "\n\n" + " ".join(notes))
 #   $t^*_b$ of the last layer gives the image's mask: routing chooses an expert per token *and* a token per image.
 # * **What keeps the experts busy, and what the router learns from.** $\mathrm{CV}^2$ of importance and load over the
 #   batch and the tokens (Eq. 7 to 9), weighted by $\lambda_{balance}$ beside the segmentation loss (Eq. 11). The
-#   paper's weight (Eq. 5) is identically 1, so only a weight such as the book's $p_{b,t}$ lets the segmentation loss
-#   reach the router.
+#   paper's weight (Eq. 5) is identically 1, so only a weight that depends on the router's logits (the book's
+#   $p_{b,t}$, or a straight-through estimator) lets the segmentation loss reach the router.
 # * **Prompt-free segmentation.** PPT turns the image embedding into $Q$ prompt tokens by attention from learnable
 #   queries; it serves binary tasks, where there is one foreground to find.
 # * **How to read the evidence.** Every claim is measured against a control on the same seeds and items (the frozen
@@ -878,7 +893,9 @@ markdown("\n".join(summary))
 # %% [markdown]
 # ## Exercises
 #
-# Each command reruns the chapter with the `quick` profile and one or more parameters changed.
+# Each command reruns the chapter with the `quick` profile and one or more parameters changed, and
+# writes to `runs/quick/03_segmote/`, replacing this build's record there
+# (Chapter 5 reads that folder); add `--out runs/exercises/<name>` to keep both.
 #
 # 1. `medmoe run notebooks/03_segmote.py -p num_experts 1` &mdash; one expert per MoTE, four tokens. The router's
 #    weight $p$ is then the softmax of a single logit, identically 1, and $\mathrm{CV}^2$ of one value is 0: look at

@@ -61,7 +61,8 @@ if "google.colab" in sys.modules:
     pass
 
 # %% tags=["parameters"]
-# Parameters. `medmoe run notebooks/04_mome.py --profile quick -p held_out kidney` overrides them;
+# Parameters. `medmoe run notebooks/04_mome.py -p held_out kidney -p train_sources liver_tumour,spleen,multi_organ`
+# overrides them;
 # the profiles (quick / smoke / paper / rehearsal) live in medmoe/papers/mome/card.yaml.
 profile = "quick"
 run_dir = "runs/interactive/04_mome"
@@ -740,7 +741,8 @@ markdown("\n".join(summary))
 # ## Exercises
 #
 # Each command reruns the chapter in the quick profile with one or more parameters changed (a few minutes on a
-# CPU; `n_seeds` and the epochs scale the time).
+# CPU; `n_seeds` and the epochs scale the time), and writes to `runs/quick/04_mome/`, replacing this build's record there
+# (Chapter 5 reads that folder); add `--out runs/exercises/<name>` to keep both.
 #
 # 1. `medmoe run notebooks/04_mome.py -p held_out_shift "[1.0, 0.0]"`: the held-out source is scanned like the
 #    training sources. Compare `dice_held_out_*[spleen]` with `dice_test_*[spleen]` in the run's `metrics.json`:

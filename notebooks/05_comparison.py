@@ -58,6 +58,7 @@ max_experts = 8  # the cost figure counts FLOPs for 1, 2, 4 ... up to this many 
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 
 import medmoe
 from medmoe.compare import (
@@ -73,6 +74,7 @@ from medmoe.compare import (
 from medmoe.repro import save_results
 from medmoe.teaching import markdown, show_source
 
+pd.set_option("display.max_colwidth", None)  # the tables' cells are sentences: show them whole
 run_dir = Path(run_dir)
 root = run_dir.parent if runs_root is None else Path(runs_root) if Path(runs_root).is_absolute() else \
     run_dir.parent.parent / runs_root  # a relative name is a folder under runs/
@@ -111,18 +113,9 @@ measured = measured_table(runs)
 measured
 
 # %% tags=["remove-input"]
-lines = []
-for key, design in DESIGNS.items():
-    row = measured.loc[design.paper]
-    if design.notebook not in runs:
-        lines.append(f"* **{design.paper}**: no {runs_profile} run of `{design.notebook}` was found, so nothing is "
-                     "measured here; run that chapter first.")
-        continue
-    lines.append(f"* **{design.paper}** ({design.unit}, {design.compute.split(':')[0]}): specialisation "
-                 f"{row['specialisation (NMI vs permutation)']}; headline gain over its control "
-                 f"{row['gain over control']}, **{row['verdict']}**.")
+lines = [f"* **{d.paper}**: no {runs_profile} run of `{d.notebook}` was found, so nothing is measured here; run "
+         "that chapter first." for d in DESIGNS.values() if d.notebook not in runs]
 verdicts = measured["verdict"].tolist()
-lines.append("")
 lines.append(f"Headline claims of the {len(DESIGNS)} papers in this build: {verdicts.count('supported')} supported, "
              f"{verdicts.count('contradicted')} contradicted, {verdicts.count('not shown')} not shown at this "
              f"scale, {verdicts.count('-')} without a run. The specialisation verdict is that of the chapter's own "
@@ -153,7 +146,7 @@ for ax in (ax_f, ax_p):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 fig.tight_layout()
-cost.round(4)
+cost.pivot(index="experts", columns="paper", values=["gflops", "params_m"]).round(4)
 
 # %% tags=["remove-input"]
 top = cost.groupby("paper", sort=False).last()
@@ -166,7 +159,8 @@ for paper, row in top.iterrows():
 markdown("\n".join(lines))
 
 # %% [markdown]
-# The count is for inference on one input. Training differs in one way that matters: a top-$k$ router runs only $k$
+# Why the curves can look as they do (the numbers are in the table above). The count is for inference on one input.
+# Training differs in one way that matters: a top-$k$ router runs only $k$
 # experts per input there too, but a soft router (MLMoE, MoME) runs and back-propagates through all of them. Where
 # the experts are small beside a frozen or shared backbone (SegMoTE's tokens, MoME's decoder levels) the cost of
 # more experts is small whatever the gate; where each expert is a sizeable network on the whole input (MLMoE's text
@@ -218,7 +212,7 @@ markdown("\n".join([
 # 1. `medmoe run notebooks/05_comparison.py -p max_experts 16` &mdash; count FLOPs up to 16 experts. Which design's
 #    compute grows linearly, and which stays flat?
 # 2. `medmoe run notebooks/03_segmote.py -p num_experts 1`, then
-#    `medmoe run notebooks/05_comparison.py -p runs_profile quick` &mdash; SegMoTE's run now has one expert per
+#    `medmoe run notebooks/05_comparison.py` &mdash; SegMoTE's run now has one expert per
 #    token, so the router inside each token has nothing to choose. What happens to its headline gain and to its
 #    specialisation row (which measures the *selected token*, one of $T$, against the modality)?
 # 3. `make rehearsal`, then `medmoe run notebooks/05_comparison.py -p runs_root rehearsal -p runs_profile rehearsal`

@@ -18,8 +18,8 @@ from medmoe.compare import (
 )
 
 
-def _write(root, stem, *, started, status="ok", profile="quick", claims=None):
-    folder = root / stem
+def _write(root, stem, *, started, status="ok", profile="quick", claims=None, folder=None):
+    folder = root / (folder or stem)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps({"notebook": f"notebooks/{stem}.py", "status": status,
                                                      "profile": profile, "started": started, "metrics": {},
@@ -36,10 +36,11 @@ def _claims():
 
 
 def test_latest_runs_takes_the_newest_successful_run_of_the_profile(tmp_path):
-    _write(tmp_path / "a", "02_medmoe", started="2026-01-01")
-    _write(tmp_path / "b", "02_medmoe", started="2026-02-01")
-    _write(tmp_path / "c", "02_medmoe", started="2026-03-01", status="failed")
-    _write(tmp_path / "d", "02_medmoe", started="2026-04-01", profile="smoke")
+    _write(tmp_path, "02_medmoe", started="2026-01-01", folder="a")
+    _write(tmp_path, "02_medmoe", started="2026-02-01", folder="b")
+    _write(tmp_path, "02_medmoe", started="2026-03-01", status="failed", folder="c")
+    _write(tmp_path, "02_medmoe", started="2026-04-01", profile="smoke", folder="d")
+    _write(tmp_path / "deeper", "02_medmoe", started="2026-05-01", folder="e")  # not a chapter folder of this root
     runs = latest_runs(tmp_path)
     assert list(runs) == ["02_medmoe"] and runs["02_medmoe"]["started"] == "2026-02-01"
 
