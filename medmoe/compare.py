@@ -16,7 +16,6 @@ nothing. It reads the chapters' quick-profile records (``runs/quick/<chapter>/me
 from __future__ import annotations
 
 import importlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Any
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from medmoe.repro.registry import find_runs
 
 __all__ = ["Design", "DESIGNS", "latest_runs", "specialisation_record", "measured_table", "design_table",
            "forward_flops", "build_with_experts", "cost_table", "EXPERT_COUNTS"]
@@ -104,16 +105,9 @@ def latest_runs(runs_root: str | Path, *, profile: str = "quick") -> dict[str, d
         ValueError: a ``metrics.json`` that is not valid JSON (named).
     """
     found: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(runs_root).glob("*/metrics.json")):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"unreadable run record {path}: {e}") from e
-        if rec.get("status") != "ok" or rec.get("profile") != profile:
-            continue
-        stem = Path(rec.get("notebook", "")).stem
-        if stem not in found or rec.get("started", "") >= found[stem].get("started", ""):
-            found[stem] = rec
+    for rec in find_runs(runs_root, pattern="*/metrics.json"):  # oldest first: a newer run replaces an older one
+        if rec.get("status") == "ok" and rec.get("profile") == profile:
+            found[Path(rec.get("notebook", "")).stem] = rec
     return found
 
 

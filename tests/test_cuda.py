@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from medmoe.benchmarks.paper_steps import box_masks
 from medmoe.data.phantoms import MODALITIES, PhantomDataset2D
 from medmoe.papers import medmoe, mlmoe, mome, segmote
 from medmoe.papers.medmoe.data import ReportDataset
@@ -27,16 +28,6 @@ from medmoe.papers.segmote.data import EmbeddingTasks, PhantomSegTasks, cache_em
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m cuda on a GPU)")]
-
-
-def _box_mask(b: int, side: int, generator: torch.Generator, *, dims: int = 2) -> torch.Tensor:
-    """``(b, 1, side, ...)`` float masks, one random box each (never empty)."""
-    out = torch.zeros((b, 1) + (side,) * dims)
-    for i in range(b):
-        lo = torch.randint(0, side // 2, (dims,), generator=generator)
-        hi = lo + torch.randint(side // 8 + 1, side // 2 + 1, (dims,), generator=generator)
-        out[(i, 0) + tuple(slice(int(a), int(z)) for a, z in zip(lo, hi))] = 1.0
-    return out
 
 
 def _snapshot(params) -> list[torch.Tensor]:
@@ -64,7 +55,7 @@ def _mlmoe(device: str, tmp_path) -> dict:
     g = torch.Generator().manual_seed(0)
     model = mlmoe.build("mlmoe_test").to(device)
     c = model.config
-    masks = _box_mask(8, 64, g)
+    masks = box_masks(8, 64, generator=g)
     data = [{"image": torch.randn(1, 64, 64, generator=g), "mask": masks[i],
              "text_features": torch.randn(c.text_len, c.text_in_width, generator=g)} for i in range(8)]
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from medmoe.claims import VERDICT_RULE
-from medmoe.papers.primer.recipe import loss_table, mean_sd_table, nmi_null, routing_stats
+from medmoe.moe import nmi_null
+from medmoe.papers.primer.recipe import loss_table, mean_sd_table, routing_stats
 from medmoe.repro.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

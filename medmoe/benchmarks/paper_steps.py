@@ -67,7 +67,7 @@ import torch
 from medmoe.env import environment
 from medmoe.papers import load_card
 
-__all__ = ["Phase", "PHASES", "PAPER_ORDER", "profile_parameters", "run_phase", "run", "markdown", "main"]
+__all__ = ["Phase", "PHASES", "PAPER_ORDER", "box_masks", "profile_parameters", "run_phase", "run", "markdown", "main"]
 
 PAPER_ORDER: tuple[str, ...] = ("mlmoe", "medmoe", "segmote", "mome")
 """The chapters this script measures (the primer has no paper profile)."""
@@ -106,7 +106,7 @@ class Phase:
     test_overrides: tuple[tuple[str, Any], ...] = ()
 
 
-def _mask(b: int, side: int, *, dims: int = 2, generator: torch.Generator) -> torch.Tensor:
+def box_masks(b: int, side: int, *, dims: int = 2, generator: torch.Generator) -> torch.Tensor:
     """``(b, 1, side, ...)`` binary masks, one random box per item (never empty: the prompt samplers need a box)."""
     out = torch.zeros((b, 1) + (side,) * dims)
     for i in range(b):
@@ -125,7 +125,7 @@ def _mlmoe_stage1(config: str, params: dict[str, Any], test: bool, overrides: di
     model = build(config, **overrides)
     side, b, g = 64 if test else int(params["image_size"]), int(params["batch_size"]), torch.Generator().manual_seed(0)
     c = model.config
-    batch = {"image": torch.randn(b, 1, side, side, generator=g), "mask": _mask(b, side, generator=g),
+    batch = {"image": torch.randn(b, 1, side, side, generator=g), "mask": box_masks(b, side, generator=g),
              "text_features": torch.randn(b, c.text_len, c.text_in_width, generator=g)}
     div = float(params["div_weight"]) if c.num_experts else 0.0  # the notebook trains Ariadne with div_weight=0
     step = partial(text_present_step, seg_loss=SegLoss(dice_only=bool(params.get("dice_only", False))), div_weight=div)
@@ -175,7 +175,7 @@ def _segmote(config: str, params: dict[str, Any], test: bool, overrides: dict[st
     model = build(config, **{"num_experts": int(params["num_experts"]),
                              "num_expert_tokens": int(params["num_expert_tokens"]), **overrides})
     side, b, g = model.config.image_size, int(params["batch_size"]), torch.Generator().manual_seed(0)
-    batch = {"image": torch.rand(b, 3, side, side, generator=g), "mask": _mask(b, side, generator=g),
+    batch = {"image": torch.rand(b, 3, side, side, generator=g), "mask": box_masks(b, side, generator=g),
              "group_a": torch.arange(b) % 2 == 0}
     step = partial(segmote_step, loss_fn=LOSSES[str(params["loss"])](),
                    balance_weight=float(params.get("balance_weight", 0.01)), generator=torch.Generator().manual_seed(0))
@@ -193,7 +193,7 @@ def _mome(config: str, params: dict[str, Any], test: bool, overrides: dict[str, 
     c, b, g = model.config, int(params["batch_size"]), torch.Generator().manual_seed(0)
     model.set_text_embeddings(torch.randn(c.num_classes, c.text_dim, generator=g))
     r = c.roi_size
-    label = torch.cat([_mask(b, r, dims=3, generator=g) for _ in range(c.num_classes)], dim=1)
+    label = torch.cat([box_masks(b, r, dims=3, generator=g) for _ in range(c.num_classes)], dim=1)
     labelled = torch.rand(b, c.num_classes, generator=g) < 0.5
     labelled[:, 0] = True
     batch = {"image": torch.rand(b, 1, r, r, r, generator=g), "label": label, "labelled": labelled}

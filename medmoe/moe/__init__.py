@@ -23,6 +23,7 @@ from medmoe.moe.stats import (
     expert_load,
     gate_entropy,
     mutual_information,
+    nmi_null,
     nmi_permutation_baseline,
     normalized_mutual_information,
 )
@@ -33,5 +34,5 @@ __all__ = [
     "entropy", "diversity_loss", "cv_squared", "BalanceTerms", "importance_load_loss",
     "switch_balance_loss", "router_z_loss",
     "expert_load", "gate_entropy", "contingency", "mutual_information", "normalized_mutual_information",
-    "PermutationBaseline", "nmi_permutation_baseline",
+    "PermutationBaseline", "nmi_permutation_baseline", "nmi_null",
 ]

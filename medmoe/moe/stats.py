@@ -19,6 +19,7 @@ from medmoe.utils import check_rank
 __all__ = [
     "PermutationBaseline",
     "nmi_permutation_baseline",
+    "nmi_null",
     "expert_load",
     "gate_entropy",
     "contingency",
@@ -116,6 +117,34 @@ class PermutationBaseline(NamedTuple):
     """Mean NMI of the same routing decisions shuffled over the inputs."""
     chance_p95: float
     """95th percentile of the shuffled NMIs: a real NMI above it is unlikely to be chance (one-sided, 5 %)."""
+    null: tuple[float, ...] = ()
+    """The shuffled NMIs themselves (:func:`nmi_null`), e.g. for :func:`medmoe.claims.chance_from_null`."""
+
+
+def nmi_null(routing: torch.Tensor, label: torch.Tensor, *, n_perm: int = 100, seed: int = 0) -> list[float]:
+    """The permutation null of :func:`normalized_mutual_information`: the same routing decisions (same expert
+    counts) shuffled over the inputs ``n_perm`` times with a ``torch.Generator`` seeded by ``seed``.
+
+    The one implementation of the book's NMI chance level: :func:`nmi_permutation_baseline` summarises these
+    values, and the chapters average them over seeds (the null of a mean NMI).
+
+    Raises:
+        ValueError: ``n_perm < 1``, or ``routing`` and ``label`` label different numbers of inputs.
+
+    Example:
+        >>> r = torch.tensor([0, 1] * 16)
+        >>> null = nmi_null(r, r, n_perm=20)
+        >>> len(null), max(null) < 1.0
+        (20, True)
+    """
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
+    routing, label = routing.reshape(-1), label.reshape(-1)
+    if routing.numel() != label.numel():
+        raise ValueError(f"routing and label must label the same inputs, got {routing.numel()} and {label.numel()}")
+    g = torch.Generator().manual_seed(seed)
+    return [float(normalized_mutual_information(routing[torch.randperm(routing.numel(), generator=g)], label))
+            for _ in range(n_perm)]
 
 
 def nmi_permutation_baseline(routing: torch.Tensor, label: torch.Tensor, *, n_perm: int = 100,
@@ -135,13 +164,6 @@ def nmi_permutation_baseline(routing: torch.Tensor, label: torch.Tensor, *, n_pe
         >>> b.nmi, b.chance_mean < 0.2
         (1.0, True)
     """
-    if n_perm < 1:
-        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
-    routing, label = routing.reshape(-1), label.reshape(-1)
-    if routing.numel() != label.numel():
-        raise ValueError(f"routing and label must label the same inputs, got {routing.numel()} and {label.numel()}")
-    real = float(normalized_mutual_information(routing, label))
-    g = torch.Generator().manual_seed(seed)
-    shuffled = [float(normalized_mutual_information(routing[torch.randperm(routing.numel(), generator=g)], label))
-                for _ in range(n_perm)]
-    return PermutationBaseline(real, float(np.mean(shuffled)), float(np.percentile(shuffled, 95)))
+    shuffled = nmi_null(routing, label, n_perm=n_perm, seed=seed)  # validates n_perm and the sizes
+    real = float(normalized_mutual_information(routing.reshape(-1), label.reshape(-1)))
+    return PermutationBaseline(real, float(np.mean(shuffled)), float(np.percentile(shuffled, 95)), tuple(shuffled))

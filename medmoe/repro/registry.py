@@ -87,10 +87,15 @@ def load_cells(papers: list[Card] | None = None) -> list[Cell]:
     return cells
 
 
-def find_runs(runs_root: str | Path) -> list[dict[str, Any]]:
-    """Every ``metrics.json`` under ``runs_root``, each with its ``run_dir`` added, oldest first."""
+def find_runs(runs_root: str | Path, *, pattern: str = "**/metrics.json") -> list[dict[str, Any]]:
+    """Every ``metrics.json`` under ``runs_root`` (``pattern``: ``"*/metrics.json"`` for one folder per run, no
+    deeper), each with its ``run_dir`` added, oldest first.
+
+    Raises:
+        ValueError: a record that cannot be read or is not valid JSON (named).
+    """
     runs = []
-    for p in sorted(Path(runs_root).rglob("metrics.json")):
+    for p in sorted(Path(runs_root).glob(pattern)):
         try:
             rec = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:

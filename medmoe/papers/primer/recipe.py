@@ -9,7 +9,8 @@ routers" and 5 "Did the experts specialise?". The same four verbs as every paper
 * :func:`count` -- parameter counts.
 
 and what the chapter measures with them: :func:`loss_table` (section 3, the losses on hand-made router logits),
-:func:`routing_stats` and :func:`nmi_null` (section 5, one variant and seed against a permutation baseline), and
+:func:`routing_stats` (section 5, one variant and seed against the permutation baseline of
+:func:`medmoe.moe.nmi_null`), and
 :func:`mean_sd_table` (the variants table as mean ± sd over seeds).
 """
 
@@ -35,6 +36,7 @@ from medmoe.moe import (
     gate_entropy,
     importance_load_loss,
     mutual_information,
+    nmi_null,
     normalized_mutual_information,
     router_z_loss,
     switch_balance_loss,
@@ -43,7 +45,7 @@ from medmoe.papers.primer.model import build_model
 from medmoe.utils import count_parameters
 
 __all__ = ["VARIANTS", "EXTRA_LOSSES", "build", "make_step", "train", "evaluate", "count", "loss_table",
-           "nmi_null", "routing_stats", "mean_sd_table"]
+           "routing_stats", "mean_sd_table"]
 
 VARIANTS: dict[str, tuple[str, str | None]] = {
     "soft": ("soft", None),
@@ -174,27 +176,6 @@ def loss_table(cases: Mapping[str, torch.Tensor]):
             "z-loss (ST-MoE)": router_z_loss(logits).item(),
         })
     return pd.DataFrame(rows).set_index("gates")
-
-
-def nmi_null(routing: torch.Tensor, label: torch.Tensor, *, n_perm: int = 200, seed: int = 0) -> list[float]:
-    """The permutation null of :func:`~medmoe.moe.normalized_mutual_information`: the same routing decisions
-    (same expert counts) shuffled over the inputs ``n_perm`` times (a ``torch.Generator`` seeded by ``seed``).
-
-    The values themselves, so a chapter can average them over seeds (the null of a mean NMI) and pass them to
-    :func:`medmoe.claims.chance_from_null`; :func:`~medmoe.moe.nmi_permutation_baseline` summarises the same draws.
-
-    Example:
-        >>> r = torch.tensor([0, 1] * 16)
-        >>> null = nmi_null(r, r, n_perm=20)
-        >>> len(null), max(null) < 1.0
-        (20, True)
-    """
-    if n_perm < 1:
-        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
-    routing, label = routing.reshape(-1), label.reshape(-1)
-    g = torch.Generator().manual_seed(seed)
-    return [float(normalized_mutual_information(routing[torch.randperm(routing.numel(), generator=g)], label))
-            for _ in range(n_perm)]
 
 
 def routing_stats(result: Mapping[str, torch.Tensor], labels: torch.Tensor, num_experts: int, *,

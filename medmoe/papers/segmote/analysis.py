@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medmoe.moe import normalized_mutual_information
+from medmoe.moe import nmi_permutation_baseline
 
 __all__ = ["nmi_with_null", "token_modality_dice", "selection_quality", "class_dice", "group_dice"]
 
@@ -35,10 +35,8 @@ def nmi_with_null(routing: Sequence[int], label: Sequence[int], *, n_perm: int =
     r, lab = torch.as_tensor(list(routing)).reshape(-1), torch.as_tensor(list(label)).reshape(-1)
     if r.numel() != lab.numel():
         raise ValueError(f"routing and label must label the same items, got {r.numel()} and {lab.numel()}")
-    g = torch.Generator().manual_seed(seed)
-    null = [float(normalized_mutual_information(r[torch.randperm(r.numel(), generator=g)], lab))
-            for _ in range(n_perm)]
-    return float(normalized_mutual_information(r, lab)), null
+    base = nmi_permutation_baseline(r, lab, n_perm=n_perm, seed=seed)
+    return base.nmi, list(base.null)
 
 
 def token_modality_dice(rows: Sequence[dict[str, Any]], num_groups: int) -> np.ndarray:
