@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_notebook import TINY
+from tiny_notebook import write_tiny as _tiny
 
 from medmoe.claims import paired_claim
 from medmoe.papers import Card
@@ -31,33 +33,6 @@ from medmoe.repro.runner import (
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 
-TINY = '''\
-# %% [markdown]
-# A tiny notebook for the runner's tests.
-
-# %% tags=["parameters"]
-profile = "quick"
-run_dir = "runs/interactive/tiny"
-run_key = None
-seed = 0
-n_experts = 4
-scale = 0.5
-
-# %%
-import random
-from medmoe.repro.runner import save_results
-random.seed(seed)
-{body}
-save_results(run_dir, {{"n_experts": n_experts, "seed": seed, "score": scale * n_experts, "draw": random.random()}})
-'''
-
-
-def _tiny(tmp_path: Path, body: str = "", profiles: dict | None = None, name: str = "tiny") -> Path:
-    nb = tmp_path / f"{name}.py"
-    nb.write_text(TINY.format(body=body))
-    card = {"profiles": profiles or {"quick": {}, "smoke": {"n_experts": 2}}}
-    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump({name: card}))
-    return nb
 
 
 def test_notebook_parameters_reads_literals():

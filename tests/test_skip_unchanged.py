@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from tiny_notebook import write_tiny
 
 from medmoe.repro import runner
 from medmoe.repro.cli import main
@@ -18,25 +19,8 @@ from medmoe.repro.runner import INPUTS_FILE, RunnerError, inputs_hash, package_s
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY = '''\
-# %% tags=["parameters"]
-profile = "quick"
-run_dir = "runs/interactive/tiny"
-run_key = None
-seed = 0
-n_experts = 4
-
-# %%
-from medmoe.repro.runner import save_results
-save_results(run_dir, {"n_experts": n_experts, "seed": seed})
-'''
-
-
 def _tiny(tmp_path: Path, profiles: dict | None = None) -> Path:
-    nb = tmp_path / "tiny.py"
-    nb.write_text(TINY)
-    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump({"tiny": {"profiles": profiles or {"quick": {}}}}))
-    return nb
+    return write_tiny(tmp_path, profiles=profiles or {"quick": {}})
 
 
 @pytest.fixture
@@ -86,7 +70,7 @@ def test_unchanged_skips_and_every_changed_input_reruns(tmp_path, monkeypatch, e
     _run(nb, out)
     assert len(executions) == 1, "unchanged inputs must not execute"
 
-    nb.write_text(TINY.replace("seed = 0", "seed = 0  # edited"))  # the notebook's source
+    nb.write_text(nb.read_text().replace("seed = 0", "seed = 0  # edited"))  # the notebook's source
     _run(nb, out)
     assert len(executions) == 2
 
